@@ -1,0 +1,73 @@
+"""BSL: bilateral softmax loss (Wu et al., arXiv 2312.12882)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, lme
+from recbole_dsl.losses.sl import check_positive, check_scores
+
+
+def grouped_lme(x: Tensor, group: Tensor) -> Tensor:
+    """For each row b, log-mean-exp of x over the rows with the same group value; returns [B].
+
+    Vectorised: per-group max (detached shift) by scatter_reduce, then index_add of exp(x - max).
+    """
+    _, inv, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    n_groups = counts.numel()
+    m = torch.full((n_groups,), float("-inf"), dtype=x.dtype, device=x.device)
+    m = m.scatter_reduce(0, inv, x.detach(), reduce="amax", include_self=True)
+    s = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add(0, inv, torch.exp(x - m[inv]))
+    per_group = torch.log(s) + m - torch.log(counts.to(x.dtype))
+    return per_group[inv]
+
+
+def bsl_loss(
+    pos: Tensor,
+    neg: Tensor,
+    tau_pos: float,
+    tau_neg: float,
+    group: Optional[Tensor] = None,
+) -> Tensor:
+    """Bilateral softmax, per row (no reduction), BSL paper (arXiv 2312.12882) divided by tau1:
+    ``l_b = -LME_{k in S_b}(s_p[k] / tau1) + (tau2 / tau1) * LME_j(s_n[b, j] / tau2)``,
+    tau1 = tau_pos, tau2 = tau_neg, S_b = rows whose ``group`` value (e.g. user id) equals row b's.
+
+    ``group=None`` means S_b = {b}: then with tau1 == tau2 this is exactly SL minus log N.
+    BSL differs from a rescaled SL only when a batch holds several positives of one user: the
+    positive side then weights a user's higher-scoring positives more (weights ~ exp(s_p / tau1)).
+    """
+    check_scores(pos, neg)
+    x = pos / tau_pos
+    if group is None:
+        pos_term = x
+    else:
+        if group.shape != pos.shape:
+            raise ValueError(f"group must have the shape of pos {tuple(pos.shape)}, got {tuple(group.shape)}")
+        pos_term = grouped_lme(x, group)
+    return -pos_term + (tau_neg / tau_pos) * lme(neg / tau_neg, dim=1)
+
+
+@LOSSES.register("BSL")
+class BSLLoss(RecLoss):
+    """Bilateral softmax (see `bsl_loss`). With ``group_positives`` the rows of one user (ctx.user)
+    share the positive LME; without user-grouped batches every user appears about once per batch
+    and BSL is only a rescaled SL."""
+
+    name = "BSL"
+    params = {"tau_neg": "loss_tau", "tau_pos": "loss_tau_pos", "group_positives": "bsl_group_positives"}
+
+    def __init__(self, tau_neg: float = 0.1, tau_pos: float = 0.1, group_positives: bool = True):
+        super().__init__()
+        self.tau_neg = check_positive("loss_tau", tau_neg)
+        self.tau_pos = check_positive("loss_tau_pos", tau_pos)
+        self.group_positives = bool(group_positives)
+
+    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
+        group = ctx.user if self.group_positives else None
+        return bsl_loss(pos, neg, self.tau_pos, self.tau_neg, group)
+
+    def extra_repr(self) -> str:
+        return f"tau_neg={self.tau_neg}, tau_pos={self.tau_pos}, group_positives={self.group_positives}"

@@ -1,0 +1,299 @@
+"""DSL: dual-scale softmax (Sahyouni et al., arXiv 2602.07206), as read in LOSSES.md.
+
+Two stop-gradient branches on the log-sum-exp backbone of SL, per row b with
+``d_j = s_n[j] - s_p``:
+
+* reweighting (``kappa != 0``): ``a_j = alpha * s_n[j] + (1 - alpha) * cos(p, n_j)``,
+  ``w_j = N * softmax_j(kappa * a_j)`` (mean one per row), optionally capped at ``max_weight``;
+* competition-aware temperature (``gamma != 0``): the slate is the K highest-scoring negatives,
+  ``I_b = mean_slate sigmoid(d_j / tau)``, ``z_b`` its batch standardisation,
+  ``tau_b = tau * exp(gamma * z_b)`` clipped to ``[tau / rho, tau * rho]``, then rescaled so the
+  batch's geometric mean of ``tau_b`` is ``tau``;
+
+and the loss ``l_b = logsumexp_j(d_j / tau_b + log w_j) - log N``. Everything is computed in log
+space. The paper's exact formulas are not available; every choice here is a config option.
+
+Two choices the spec leaves open, made here:
+
+* Weight cap: the capped weights are the exact "water-filling" solution
+  ``w_j = min(c * w0_j, max_weight)`` with the per-row ``c`` chosen so the row's mean is exactly 1
+  (found with one sort per row, no iteration). This is the fixed point that repeated
+  clip-then-renormalise converges to, so both properties hold exactly: mean 1 and max <= cap.
+  It needs ``max_weight >= 1`` (otherwise mean one is unreachable), which the module enforces.
+* Temperature clip: clip once, then rescale once (as the spec says). The rescale is a common
+  per-batch factor, so a value that sat on a clip bound can end up slightly outside
+  ``[tau / rho, tau * rho]``; the geometric mean is always exactly ``tau``. When the clip does not
+  bind the rescale is a no-op (the standardised z has batch mean 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+
+
+def _check_scores(pos: Tensor, neg: Tensor) -> None:
+    if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0] or neg.shape[1] == 0:
+        raise ValueError(
+            f"expected pos [B] and neg [B, N>=1] scores, got {tuple(pos.shape)} and {tuple(neg.shape)}"
+        )
+
+
+@torch.no_grad()
+def _log_weights(
+    neg: Tensor, item_sim: Optional[Tensor], kappa: float, alpha: float, max_weight: Optional[float]
+) -> Tensor:
+    """log w [B, N], no gradient; exp(log w) has mean one per row (and max <= max_weight if set)."""
+    n = neg.shape[1]
+    if alpha >= 1.0:
+        a = neg
+    else:
+        if item_sim is None:
+            raise ValueError(
+                "dsl_loss: item_sim [B, N] (positive-to-negative item similarity) is required "
+                f"when kappa != 0 and alpha < 1 (got kappa={kappa}, alpha={alpha})"
+            )
+        if item_sim.shape != neg.shape:
+            raise ValueError(f"item_sim must have the shape of neg {tuple(neg.shape)}, got {tuple(item_sim.shape)}")
+        a = torch.lerp(item_sim.detach().to(neg.dtype), neg, alpha) if alpha > 0 else item_sim.detach().to(neg.dtype)
+    log_w = torch.log_softmax(kappa * a, dim=1) + math.log(n)
+    if max_weight is not None:
+        log_w = _cap_log_weights(log_w, float(max_weight))
+    return log_w
+
+
+def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
+    """Exact water-filling in log space: w = min(c * w0, cap) with c per row such that mean(w) = 1.
+
+    Sorted descending v_0 >= v_1 >= ..., clipping the top k entries needs
+    c_k = (N - k * cap) / sum_{i >= k} exp(v_i); the answer is the smallest k with
+    c_k * exp(v_k) <= cap (k = 0: nothing to clip, c = 1). Requires cap >= 1.
+    """
+    b, n = log_w.shape
+    log_cap = math.log(cap)
+    if cap >= n:  # a weight never exceeds N
+        return log_w
+    v = torch.sort(log_w, dim=1, descending=True).values
+    # log of the suffix sums sum_{i >= k} exp(v_i)
+    log_suffix = torch.logcumsumexp(v.flip(1), dim=1).flip(1)
+    k = torch.arange(n, device=log_w.device, dtype=log_w.dtype)
+    budget = n - k * cap  # N - k * cap, must stay > 0
+    log_c = torch.log(budget.clamp_min(torch.finfo(log_w.dtype).tiny)) - log_suffix
+    tol = 8 * torch.finfo(log_w.dtype).eps * max(1.0, abs(log_cap))
+    valid = (log_c + v <= log_cap + tol) & (budget > 0)
+    valid[:, -1] = True  # fallback (only reachable through rounding)
+    k_star = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # first valid k
+    log_c_star = log_c.gather(1, k_star)
+    return torch.clamp_max(log_w + log_c_star, log_cap)
+
+
+@torch.no_grad()
+def _log_temperatures(
+    pos: Tensor, neg: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float, eps: float
+) -> Tensor:
+    """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau."""
+    b, n = neg.shape
+    log_tau = math.log(tau)
+    k = n if slate_size is None else int(slate_size)
+    if not 1 <= k <= n:
+        raise ConfigError("dsl_slate_size", slate_size, f"an integer in [1, neg_num={n}]")
+    if b == 1:  # z = 0 for a single row
+        return neg.new_full((1,), log_tau)
+    slate = neg if k == n else torch.topk(neg, k, dim=1, sorted=False).values
+    intensity = torch.sigmoid((slate - pos.unsqueeze(1)) / tau).mean(dim=1)
+    mean = intensity.mean()
+    std = intensity.std(unbiased=False)
+    z = (intensity - mean) / (std + eps)
+    log_rho = math.log(tau_range)
+    log_tau_b = torch.clamp(log_tau + gamma * z, log_tau - log_rho, log_tau + log_rho)
+    # rescale after the clip so that the batch's geometric mean is exactly tau
+    return log_tau_b - (log_tau_b.mean() - log_tau)
+
+
+def _dsl_parts(
+    pos: Tensor,
+    neg: Tensor,
+    tau: float,
+    item_sim: Optional[Tensor],
+    kappa: float,
+    alpha: float,
+    slate_size: Optional[int],
+    gamma: float,
+    tau_range: float,
+    max_weight: Optional[float],
+    eps: float,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(per-row loss [B], log tau_b [B] or None, log w [B, N] or None); None = branch inactive."""
+    _check_scores(pos, neg)
+    n = neg.shape[1]
+    d = neg - pos.unsqueeze(1)
+    log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight) if kappa != 0 else None
+    log_tau_b = _log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps) if gamma != 0 else None
+    if log_tau_b is None:
+        logits = d / tau
+    else:
+        logits = d * torch.exp(-log_tau_b).unsqueeze(1)
+    if log_w is not None:
+        logits = logits + log_w
+    return torch.logsumexp(logits, dim=1) - math.log(n), log_tau_b, log_w
+
+
+def dsl_loss(
+    pos: Tensor,
+    neg: Tensor,
+    tau: float,
+    item_sim: Optional[Tensor] = None,
+    kappa: float = 0.0,
+    alpha: float = 0.5,
+    slate_size: Optional[int] = None,
+    gamma: float = 0.0,
+    tau_range: float = 3.0,
+    max_weight: Optional[float] = None,
+    eps: float = 1e-6,
+    return_stats: bool = False,
+):
+    """Dual-scale softmax, per row (no reduction):
+    ``l_b = logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) - log N``.
+
+    ``kappa = 0`` turns the reweighting off (w = 1), ``gamma = 0`` the temperature branch
+    (tau_b = tau); with both off this is SL minus log N. ``item_sim`` [B, N] (similarity of the
+    row's positive item to each negative) is needed when ``kappa != 0`` and ``alpha < 1``.
+    ``slate_size=None`` uses all N negatives as the slate. No gradient flows through w or tau_b.
+
+    With ``return_stats=True`` returns ``(loss, {"tau_b": [B], "w": [B, N]})``, both detached
+    (constant tau / ones for an inactive branch).
+    """
+    loss, log_tau_b, log_w = _dsl_parts(
+        pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps
+    )
+    if not return_stats:
+        return loss
+    tau_b = neg.new_full((neg.shape[0],), float(tau)) if log_tau_b is None else log_tau_b.exp()
+    w = torch.ones_like(neg, requires_grad=False) if log_w is None else log_w.exp()
+    return loss, {"tau_b": tau_b.detach(), "w": w.detach()}
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@LOSSES.register("DSL")
+class DSLLoss(RecLoss):
+    """Dual-scale softmax (see `dsl_loss`).
+
+    ``reweight=False`` / ``temperature=False`` are ablation switches: that branch is off
+    (kappa, resp. gamma, treated as 0). ``needs_item_sim`` is set per instance: True only when
+    the reweighting branch is active with ``alpha < 1`` (the class attribute is True, the
+    conservative answer before the settings are known).
+
+    ``diagnostics()`` reports the last batch's temperature spread (``dsl_tau_min/median/max``)
+    only when the temperature branch is active, and the weight spread (``dsl_w_min/median/max``)
+    only when the reweighting branch is active: an inactive branch's figures are constants
+    (tau, 1) and are left out rather than logged.
+    """
+
+    name = "DSL"
+    params = {
+        "tau": "loss_tau",
+        "kappa": "dsl_kappa",
+        "alpha": "dsl_alpha",
+        "slate_size": "dsl_slate_size",
+        "gamma": "dsl_gamma",
+        "tau_range": "dsl_tau_range",
+        "max_weight": "dsl_max_weight",
+        "reweight": "dsl_reweight",
+        "temperature": "dsl_temperature",
+    }
+    needs_item_sim = True
+
+    def __init__(
+        self,
+        tau: float = 0.2,
+        kappa: float = 2.0,
+        alpha: float = 0.5,
+        slate_size: Optional[int] = None,
+        gamma: float = 0.5,
+        tau_range: float = 3.0,
+        max_weight: Optional[float] = None,
+        reweight: bool = True,
+        temperature: bool = True,
+    ):
+        super().__init__()
+        if not (_is_real(tau) and tau > 0):
+            raise ConfigError("loss_tau", tau, "a number > 0")
+        if not _is_real(kappa):
+            raise ConfigError("dsl_kappa", kappa, "a finite real number (0 turns the reweighting off)")
+        if not (_is_real(alpha) and 0 <= alpha <= 1):
+            raise ConfigError("dsl_alpha", alpha, "a number in [0, 1]")
+        if slate_size is not None and not (
+            isinstance(slate_size, int) and not isinstance(slate_size, bool) and slate_size >= 1
+        ):
+            raise ConfigError("dsl_slate_size", slate_size, "None (all negatives) or an integer >= 1")
+        if not _is_real(gamma):
+            raise ConfigError("dsl_gamma", gamma, "a finite real number (0 turns the temperature branch off)")
+        if not (_is_real(tau_range) and tau_range >= 1):
+            raise ConfigError("dsl_tau_range", tau_range, "a number >= 1")
+        if max_weight is not None and not (_is_real(max_weight) and max_weight >= 1):
+            raise ConfigError("dsl_max_weight", max_weight, "None (no cap) or a number >= 1")
+        if not isinstance(reweight, bool):
+            raise ConfigError("dsl_reweight", reweight, "True or False")
+        if not isinstance(temperature, bool):
+            raise ConfigError("dsl_temperature", temperature, "True or False")
+        self.tau = float(tau)
+        self.kappa = float(kappa)
+        self.alpha = float(alpha)
+        self.slate_size = slate_size
+        self.gamma = float(gamma)
+        self.tau_range = float(tau_range)
+        self.max_weight = None if max_weight is None else float(max_weight)
+        self.reweight = reweight
+        self.temperature = temperature
+        # effective strengths after the ablation switches
+        self.eff_kappa = self.kappa if reweight else 0.0
+        self.eff_gamma = self.gamma if temperature else 0.0
+        self.needs_item_sim = self.eff_kappa != 0 and self.alpha < 1
+        self._last_log_tau_b: Optional[Tensor] = None
+        self._last_log_w: Optional[Tensor] = None
+
+    def check_neg_num(self, neg_num: int) -> None:
+        """Raise ConfigError when the slate is larger than the number of sampled negatives."""
+        if self.slate_size is not None and self.slate_size > neg_num:
+            raise ConfigError("dsl_slate_size", self.slate_size, f"an integer in [1, neg_num={neg_num}]")
+
+    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
+        if self.eff_gamma != 0:
+            self.check_neg_num(neg.shape[1])
+        if self.needs_item_sim and ctx.item_sim is None:
+            raise ValueError(
+                "DSL: LossContext.item_sim is required (dsl_kappa != 0 and dsl_alpha < 1) but was not provided"
+            )
+        loss, log_tau_b, log_w = _dsl_parts(
+            pos, neg, self.tau, ctx.item_sim, self.eff_kappa, self.alpha, self.slate_size,
+            self.eff_gamma, self.tau_range, self.max_weight, 1e-6,
+        )
+        # keep references only (detached, no copies); the summaries are computed on demand
+        self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
+        self._last_log_w = None if log_w is None else log_w.detach()
+        return loss
+
+    def diagnostics(self) -> Dict[str, Tensor]:
+        out: Dict[str, Tensor] = {}
+        if self._last_log_tau_b is not None:
+            t = self._last_log_tau_b.float().exp()
+            out.update(dsl_tau_min=t.min(), dsl_tau_median=t.median(), dsl_tau_max=t.max())
+        if self._last_log_w is not None:
+            w = self._last_log_w.float().exp().flatten()
+            out.update(dsl_w_min=w.min(), dsl_w_median=w.median(), dsl_w_max=w.max())
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"tau={self.tau}, kappa={self.kappa}, alpha={self.alpha}, slate_size={self.slate_size}, "
+            f"gamma={self.gamma}, tau_range={self.tau_range}, max_weight={self.max_weight}, "
+            f"reweight={self.reweight}, temperature={self.temperature}"
+        )

@@ -1,0 +1,62 @@
+"""PSL: pairwise softmax loss (Yang et al., NeurIPS 2024, arXiv 2411.00163)."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import Tensor
+
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+from recbole_dsl.losses.sl import check_positive, check_scores
+
+# The user-facing activations sigma(d), d = (s_n - s_p) / 2 in [-1, 1] for cosine scores.
+ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": lambda d: torch.tanh(d) + 1,
+    "atan": lambda d: torch.atan(d) + 1,
+    "relu": lambda d: torch.clamp(d + 1, min=0),
+}
+# exp turns PSL back into SL at temperature 2 * tau; kept only to test that identity.
+_ALL_ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {**ACTIVATIONS, "exp": torch.exp}
+
+
+def _check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ConfigError("psl_activation", activation, f"one of {sorted(ACTIVATIONS)}")
+
+
+def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh") -> Tensor:
+    """Pairwise softmax, per row (no reduction), PSL paper (arXiv 2411.00163):
+    ``d_j = (s_n[j] - s_p) / 2``, ``l_b = logsumexp_j(log sigma(d_j) / tau) = log sum_j sigma(d_j)^(1/tau)``
+    with sigma in {tanh(d)+1, atan(d)+1, max(d+1, 0)}; sigma is clamped at the dtype's tiny
+    floor before the log (relu reaches 0 at d = -1).
+
+    tau is in the paper's halved convention: sigma = exp gives SL at temperature 2 * tau.
+    """
+    if activation not in _ALL_ACTIVATIONS:
+        _check_activation(activation)
+    check_scores(pos, neg)
+    d = (neg - pos.unsqueeze(1)) / 2
+    sigma = _ALL_ACTIVATIONS[activation](d)
+    sigma = torch.clamp(sigma, min=torch.finfo(sigma.dtype).tiny)
+    return torch.logsumexp(torch.log(sigma) / tau, dim=1)
+
+
+@LOSSES.register("PSL")
+class PSLLoss(RecLoss):
+    """Pairwise softmax (see `psl_loss`); tau in the paper's halved convention."""
+
+    name = "PSL"
+    params = {"tau": "loss_tau", "activation": "psl_activation"}
+
+    def __init__(self, tau: float = 0.05, activation: str = "tanh"):
+        super().__init__()
+        self.tau = check_positive("loss_tau", tau)
+        _check_activation(activation)
+        self.activation = activation
+
+    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
+        return psl_loss(pos, neg, self.tau, self.activation)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, activation={self.activation!r}"

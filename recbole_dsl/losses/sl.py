@@ -1,0 +1,75 @@
+"""SL: sampled softmax, the baseline of the BSL, PSL and DSL papers."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+
+
+def check_scores(pos: Tensor, neg: Tensor) -> None:
+    """Raise ValueError unless pos is [B] and neg is [B, N] with N >= 1."""
+    if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0] or neg.shape[1] == 0:
+        raise ValueError(
+            f"expected pos [B] and neg [B, N>=1] scores, got {tuple(pos.shape)} and {tuple(neg.shape)}"
+        )
+
+
+def check_positive(key: str, value) -> float:
+    """Validate a temperature-like hyperparameter: a real number > 0 (bools and NaN rejected)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ConfigError(key, value, "a number > 0")
+    return float(value)
+
+
+def sl_loss(
+    pos: Tensor,
+    neg: Tensor,
+    tau: float,
+    include_positive: bool = False,
+    neg_log_q: Optional[Tensor] = None,
+) -> Tensor:
+    """Sampled softmax, per row (no reduction): ``l_b = logsumexp_j((s_n[j] - s_p) / tau - log q[b, j])``.
+
+    The positive is left out of the denominator (the convention of BSL, arXiv 2312.12882, and
+    PSL, arXiv 2411.00163). ``include_positive=True`` gives plain cross-entropy over
+    ``[pos, negs] / tau`` with target 0, i.e. a logit 0 for the positive joins the logsumexp.
+    ``neg_log_q`` ([B, N], log sampling probability of each negative) is subtracted from the
+    negative logits only (log-q correction of a popularity sampler). Computed in log space.
+    """
+    check_scores(pos, neg)
+    logits = (neg - pos.unsqueeze(1)) / tau
+    if neg_log_q is not None:
+        if neg_log_q.shape != neg.shape:
+            raise ValueError(f"neg_log_q must have the shape of neg {tuple(neg.shape)}, got {tuple(neg_log_q.shape)}")
+        logits = logits - neg_log_q.to(logits.dtype)
+    if include_positive:
+        logits = torch.cat([logits.new_zeros(logits.shape[0], 1), logits], dim=1)
+    return torch.logsumexp(logits, dim=1)
+
+
+@LOSSES.register("SL")
+class SLLoss(RecLoss):
+    """Sampled softmax (see `sl_loss`)."""
+
+    name = "SL"
+    params = {"tau": "loss_tau", "include_positive": "sl_include_positive", "log_q_correction": "sl_log_q_correction"}
+
+    def __init__(self, tau: float = 0.1, include_positive: bool = False, log_q_correction: bool = False):
+        super().__init__()
+        self.tau = check_positive("loss_tau", tau)
+        self.include_positive = bool(include_positive)
+        self.log_q_correction = bool(log_q_correction)
+
+    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
+        # Without a known q (uniform sampler) the correction is a constant: skip it.
+        log_q = ctx.neg_log_q if self.log_q_correction else None
+        return sl_loss(pos, neg, self.tau, self.include_positive, log_q)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}, include_positive={self.include_positive}, log_q_correction={self.log_q_correction}"

@@ -1,0 +1,66 @@
+"""The Python API the command line calls, in the shape of RecBole's run_recbole."""
+from __future__ import annotations
+
+import sys
+from logging import getLogger
+from typing import Optional, Sequence
+
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed, set_color
+
+from recbole_dsl.config import Config, properties_dir
+from recbole_dsl.model import get_model
+from recbole_dsl.trainer import get_trainer
+
+
+def quick_start_config_file() -> str:
+    """The papers' protocol (Recall/NDCG@20, validation on NDCG@20, SL on MF): the lowest-priority
+    config file of run_recbole_dsl, below anything the caller passes."""
+    return str(properties_dir() / "quick_start.yaml")
+
+
+def build(model=None, dataset=None, config_file_list=None, config_dict=None,
+          cmd_args: Optional[Sequence[str]] = (), quick_start_defaults: bool = True):
+    """Config, data and an initialised model and trainer, ready for trainer.fit()."""
+    files = ([quick_start_config_file()] if quick_start_defaults else []) + list(config_file_list or [])
+    config = Config(model=model, dataset=dataset, config_file_list=files,
+                    config_dict=config_dict, cmd_args=cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    return config, net, trainer, (train_data, valid_data, test_data)
+
+
+def run_recbole_dsl(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+                    cmd_args: Optional[Sequence[str]] = ()):
+    """Train and test like recbole.quick_start.run_recbole, with the plugin's losses.
+
+    Returns the same dict as RecBole's run_recbole: best_valid_score, valid_score_bigger,
+    best_valid_result, test_result. `cmd_args` are '--key=value' strings; unlike RecBole, the
+    process's own sys.argv is not read unless passed here (the command line does that).
+    """
+    config, net, trainer, (train_data, valid_data, test_data) = build(
+        model, dataset, config_file_list, config_dict, cmd_args
+    )
+    logger = getLogger()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }

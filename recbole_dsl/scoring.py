@@ -1,0 +1,89 @@
+"""Pure functions that turn user and item representations into the [B] / [B, N] scores a loss needs.
+
+Two ways to get the scores of B rows against their N negatives:
+- "full": one matrix product of the batch against the whole catalogue, then pick columns.
+  Costs B * n_items * d in one dense GEMM, which CPUs and GPUs run near peak.
+- "gather": gather the B * N negative representations and take B small dot products.
+  Costs B * N * d but through a memory-bound gather; it wins only when N is much smaller
+  than the catalogue.
+`choose_score_path` decides from the sizes so users never have to.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recbole_dsl.errors import ConfigError
+
+SCORE_FNS = ("cosine", "dot")
+SCORE_PATHS = ("auto", "full", "gather")
+
+# "full" is chosen while n_items <= FULL_PATH_RATIO * N. Measured on ml-100k-sized catalogues
+# (benchmarks/bench_speed.py): the dense GEMM wins well past n_items == N.
+FULL_PATH_RATIO = 8.0
+
+
+def check_score_fn(value, key: str = "score_fn") -> str:
+    if value not in SCORE_FNS:
+        raise ConfigError(key, value, f"one of {list(SCORE_FNS)}")
+    return value
+
+
+def choose_score_path(path: str, n_items: int, num_neg: int) -> str:
+    if path != "auto":
+        return path
+    return "full" if n_items <= FULL_PATH_RATIO * num_neg else "gather"
+
+
+def _prep(x: Tensor, score_fn: str) -> Tensor:
+    return F.normalize(x, dim=-1) if score_fn == "cosine" else x
+
+
+def batch_scores(
+    user_e: Tensor,
+    item_table: Tensor,
+    pos_item: Tensor,
+    neg_item: Tensor,
+    score_fn: str = "cosine",
+    path: str = "full",
+    with_item_sim: bool = False,
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Scores of each row's positive [B] and negatives [B, N], and (optionally, without gradient)
+    the cosine similarity of the row's positive item to each of its negatives [B, N]."""
+    u = _prep(user_e, score_fn)
+    item_sim = None
+    if path == "full":
+        items = _prep(item_table, score_fn)
+        all_scores = u @ items.t()  # [B, n_items]
+        pos = all_scores.gather(1, pos_item.unsqueeze(1)).squeeze(1)
+        neg = all_scores.gather(1, neg_item)
+        if with_item_sim:
+            with torch.no_grad():
+                items_c = F.normalize(item_table.detach(), dim=-1)
+                item_sim = (items_c[pos_item] @ items_c.t()).gather(1, neg_item)
+    elif path == "gather":
+        pos_e = _prep(item_table[pos_item], score_fn)  # [B, d]
+        neg_e = _prep(item_table[neg_item], score_fn)  # [B, N, d]
+        pos = (u * pos_e).sum(-1)
+        neg = torch.bmm(neg_e, u.unsqueeze(2)).squeeze(2)
+        if with_item_sim:
+            with torch.no_grad():
+                pc = F.normalize(pos_e.detach(), dim=-1)
+                nc = F.normalize(neg_e.detach(), dim=-1)
+                item_sim = torch.bmm(nc, pc.unsqueeze(2)).squeeze(2)
+    else:
+        raise ConfigError("score_path", path, f"one of {list(SCORE_PATHS)}")
+    return pos, neg, item_sim
+
+
+def all_item_scores(user_e: Tensor, item_table: Tensor, score_fn: str = "cosine") -> Tensor:
+    """[B, n_items] scores for full-sort evaluation, with the same score function as training."""
+    return _prep(user_e, score_fn) @ _prep(item_table, score_fn).t()
+
+
+def pair_scores(user_e: Tensor, item_e: Tensor, score_fn: str = "cosine") -> Tensor:
+    """[B] scores of aligned (user, item) pairs, for RecBole's sampled evaluation (predict)."""
+    return (_prep(user_e, score_fn) * _prep(item_e, score_fn)).sum(-1)

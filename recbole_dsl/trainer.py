@@ -1,0 +1,107 @@
+"""The trainer side: RecBole's trainer for the model (Trainer, NCLTrainer, ...) with the plugin's fixes.
+
+Only the smallest hooks are overridden, each calling RecBole's own code:
+- checkpoints load on torch >= 2.6 (evaluate(load_best_model=True) and resume_checkpoint);
+- checkpoint names are unique per trainer, so parallel runs sharing a folder never collide;
+- the user-grouped batching mode (BSL's bilateral positives) wraps the training loader;
+- the loss's per-batch diagnostics are averaged per epoch and logged like RecBole's figures.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections import defaultdict
+
+from recbole.trainer import Trainer
+from recbole.utils import get_trainer as recbole_get_trainer, set_color
+
+from recbole_dsl.compat import load_checkpoint
+from recbole_dsl.data import UserGroupedTrainDataLoader
+
+
+class RecLossTrainer(Trainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        # RecBole names checkpoints <model>-<time to the second>: two runs started in the same
+        # second (parallel trials) would overwrite each other.
+        root, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{root}-{uuid.uuid4().hex[:8]}{ext}"
+
+    @property
+    def rec_settings(self):
+        return getattr(self.model, "rec_settings", None)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        s = self.rec_settings
+        if s is not None and s.train_batch_mode == "user" and not isinstance(train_data, UserGroupedTrainDataLoader):
+            train_data = UserGroupedTrainDataLoader.wrap(train_data, s.positives_per_user)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        loss_fn = getattr(self.model, "rec_loss_fn", None)
+        if self.rec_settings is None or loss_fn is None or loss_func is not None:
+            return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        sums, count = defaultdict(float), 0
+        calc = self.model.calculate_loss
+
+        def tracked(interaction):
+            nonlocal count
+            out = calc(interaction)
+            for k, v in loss_fn.diagnostics().items():
+                sums[k] += float(v)
+            count += 1
+            return out
+
+        total = super()._train_epoch(train_data, epoch_idx, tracked, show_progress)
+        if sums:
+            diag = {k: v / count for k, v in sums.items()}
+            self.model.last_diagnostics = diag
+            self.logger.info(
+                set_color(f"epoch {epoch_idx} loss diagnostics", "green") + " ["
+                + ", ".join(f"{k}: {v:.4f}" for k, v in diag.items()) + "]"
+            )
+            for k, v in diag.items():
+                self.tensorboard.add_scalar(f"Diagnostics/{k}", v, epoch_idx)
+        return total
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        checkpoint = load_checkpoint(resume_file, map_location=self.device)
+        self.saved_model_file = resume_file
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                "Architecture configuration given in config file is different from that of checkpoint. "
+                "This may yield an exception while state_dict is being loaded."
+            )
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_trainer(base):
+    if base is Trainer:
+        return RecLossTrainer
+    return type(base.__name__, (RecLossTrainer, base), {"__module__": __name__, "__qualname__": base.__qualname__})
+
+
+def get_trainer(model_type, model_name):
+    """RecBole's get_trainer (so NCLTrainer, RecVAETrainer, ... are kept), with the plugin's hooks."""
+    base = recbole_get_trainer(model_type, model_name)
+    if not issubclass(base, Trainer):
+        return base
+    return _plugin_trainer(base)

@@ -1,0 +1,34 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Small, fast settings shared by the end-to-end tests.
+FAST = {
+    "epochs": 1,
+    "neg_num": 32,
+    "train_batch_size": 4096,
+    "eval_batch_size": 409600,
+    "embedding_size": 16,
+    "show_progress": False,
+    "state": "ERROR",
+    "metrics": ["Recall", "NDCG"],
+    "topk": [20],
+    "valid_metric": "NDCG@20",
+    "gpu_id": "",
+}
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    return dict(FAST, checkpoint_dir=str(tmp_path / "saved"))
+
+
+@pytest.fixture(autouse=True)
+def _no_cwd_litter(tmp_path, monkeypatch):
+    # RecBole writes log/ and log_tensorboard/ into the working directory.
+    monkeypatch.chdir(tmp_path)

@@ -1,0 +1,391 @@
+"""DSL loss: a slow plain-Python reference, the exact identities of LOSSES.md, and validation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.losses import LOSSES, LossContext
+from recbole_dsl.losses.dsl import DSLLoss, dsl_loss
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: per row, python floats (float64), explicit loops, explicit sort, explicit statistics.
+# ---------------------------------------------------------------------------------------------
+def _ref_weights(sn, sim, kappa, alpha, max_weight):
+    n = len(sn)
+    a = [alpha * sn[j] + (1 - alpha) * (sim[j] if sim is not None else 0.0) for j in range(n)]
+    m = max(kappa * x for x in a)
+    e = [math.exp(kappa * x - m) for x in a]
+    tot = sum(e)
+    w = [n * x / tot for x in e]
+    if max_weight is not None and max(w) > max_weight:
+        # find c with sum_j min(c * w_j, cap) = N by bisection (the sum is increasing in c)
+        lo, hi = 0.0, 1.0
+        while sum(min(hi * x, max_weight) for x in w) < n:
+            hi *= 2
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if sum(min(mid * x, max_weight) for x in w) < n:
+                lo = mid
+            else:
+                hi = mid
+        w = [min(hi * x, max_weight) for x in w]
+    return w
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps):
+    b = len(pos)
+    inten = []
+    for r in range(b):
+        row = sorted(neg[r], reverse=True)
+        k = len(row) if slate_size is None else slate_size
+        inten.append(sum(_sigmoid((x - pos[r]) / tau) for x in row[:k]) / k)
+    mean = sum(inten) / b
+    std = math.sqrt(sum((x - mean) ** 2 for x in inten) / b)
+    z = [(x - mean) / (std + eps) for x in inten]
+    t = [tau * math.exp(gamma * zz) for zz in z]
+    t = [min(max(x, tau / tau_range), tau * tau_range) for x in t]
+    gm = math.exp(sum(math.log(x) for x in t) / b)
+    return [x * tau / gm for x in t]
+
+
+def ref_dsl(pos, neg, tau, item_sim=None, kappa=0.0, alpha=0.5, slate_size=None, gamma=0.0,
+            tau_range=3.0, max_weight=None, eps=1e-6):
+    pos = [float(x) for x in pos.double().tolist()]
+    neg = [[float(x) for x in row] for row in neg.double().tolist()]
+    sim = None if item_sim is None else item_sim.double().tolist()
+    b, n = len(neg), len(neg[0])
+    temps = _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps) if gamma != 0 else [tau] * b
+    out, weights = [], []
+    for r in range(b):
+        w = _ref_weights(neg[r], sim[r] if sim else None, kappa, alpha, max_weight) if kappa != 0 else [1.0] * n
+        logits = [(neg[r][j] - pos[r]) / temps[r] + math.log(w[j]) for j in range(n)]
+        m = max(logits)
+        out.append(m + math.log(sum(math.exp(x - m) for x in logits)) - math.log(n))
+        weights.append(w)
+    return out, temps, weights
+
+
+def _data(b=6, n=7, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(b, generator=g, dtype=torch.float64) * 2 - 1
+    neg = torch.rand(b, n, generator=g, dtype=torch.float64) * 2 - 1
+    sim = torch.rand(b, n, generator=g, dtype=torch.float64) * 2 - 1
+    return pos.to(dtype), neg.to(dtype), sim.to(dtype)
+
+
+CASES = {
+    "both": dict(kappa=2.0, alpha=0.5, gamma=0.7),
+    "reweight_only": dict(kappa=3.0, alpha=0.3),
+    "temperature_only": dict(gamma=0.8),
+    "negative_strengths": dict(kappa=-1.5, alpha=0.6, gamma=-0.5),
+    "slate": dict(kappa=2.0, alpha=0.5, gamma=1.0, slate_size=3),
+    "temp_clip_binds": dict(gamma=5.0, tau_range=1.5, slate_size=2),
+    "max_weight": dict(kappa=6.0, alpha=0.2, max_weight=1.5),
+    "everything": dict(kappa=6.0, alpha=0.0, gamma=3.0, tau_range=1.3, max_weight=1.8, slate_size=4),
+    "alpha_one": dict(kappa=4.0, alpha=1.0, gamma=0.5),
+}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_reference(case, dtype, tol):
+    kw = CASES[case]
+    tau = 0.3
+    for seed in range(3):
+        pos, neg, sim = _data(dtype=dtype, seed=seed)
+        got, stats = dsl_loss(pos, neg, tau, item_sim=sim, return_stats=True, **kw)
+        ref, temps, weights = ref_dsl(pos, neg, tau, item_sim=sim, **kw)
+        assert got.dtype == dtype and got.shape == (6,)
+        torch.testing.assert_close(got.double(), torch.tensor(ref, dtype=torch.float64), rtol=tol, atol=tol)
+        torch.testing.assert_close(stats["tau_b"].double(), torch.tensor(temps, dtype=torch.float64), rtol=tol, atol=tol)
+        torch.testing.assert_close(stats["w"].double(), torch.tensor(weights, dtype=torch.float64), rtol=tol, atol=tol)
+
+
+def test_gradcheck_both_branches():
+    """The branches are stop-gradient, so the analytic gradient is that of the loss with tau_b and w
+    frozen at their current values: gradcheck that function, then check dsl_loss's autograd equals it."""
+    pos, neg, sim = _data(b=5, n=6, seed=3)
+    kw = dict(kappa=2.0, alpha=0.5, gamma=0.9, slate_size=4, max_weight=2.0)
+    tau = 0.4
+    _, stats = dsl_loss(pos, neg, tau, item_sim=sim, return_stats=True, **kw)
+    tau_b, log_w = stats["tau_b"], stats["w"].log()
+
+    def frozen(p, q):
+        return torch.logsumexp((q - p[:, None]) / tau_b[:, None] + log_w, dim=1) - math.log(q.shape[1])
+
+    p = pos.clone().requires_grad_(True)
+    q = neg.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(frozen, (p, q))
+    coef = torch.randn(5, dtype=torch.float64)
+    g_dsl = torch.autograd.grad((dsl_loss(p, q, tau, item_sim=sim, **kw) * coef).sum(), (p, q))
+    g_frz = torch.autograd.grad((frozen(p, q) * coef).sum(), (p, q))
+    for a, b in zip(g_dsl, g_frz):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_no_gradient_through_branches():
+    pos, neg, sim = _data(seed=4)
+    p = pos.clone().requires_grad_(True)
+    q = neg.clone().requires_grad_(True)
+    s = sim.clone().requires_grad_(True)
+    loss, stats = dsl_loss(p, q, 0.2, item_sim=s, kappa=2.0, gamma=1.0, max_weight=2.0, return_stats=True)
+    assert loss.requires_grad
+    assert not stats["tau_b"].requires_grad and not stats["w"].requires_grad
+    (gs,) = torch.autograd.grad(loss.sum(), (s,), allow_unused=True)
+    assert gs is None  # item_sim only enters the (detached) weights
+
+
+def test_identity_sl():
+    pos, neg, sim = _data(seed=5)
+    tau = 0.15
+    sl = torch.logsumexp((neg - pos[:, None]) / tau, dim=1)
+    torch.testing.assert_close(dsl_loss(pos, neg, tau), sl - math.log(neg.shape[1]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        dsl_loss(pos, neg, tau, item_sim=sim, kappa=0.0, gamma=0.0, alpha=0.2),
+        sl - math.log(neg.shape[1]), rtol=1e-12, atol=1e-12,
+    )
+
+
+def test_identity_per_row_temperature():
+    pos, neg, _ = _data(seed=6)
+    loss, stats = dsl_loss(pos, neg, 0.2, gamma=1.2, slate_size=3, return_stats=True)
+    tb = stats["tau_b"]
+    assert not torch.allclose(tb, torch.full_like(tb, 0.2))
+    sl_rows = torch.logsumexp((neg - pos[:, None]) / tb[:, None], dim=1) - math.log(neg.shape[1])
+    torch.testing.assert_close(loss, sl_rows, rtol=1e-12, atol=1e-12)
+    assert torch.equal(stats["w"], torch.ones_like(neg))
+
+
+def test_identity_weighted_sl():
+    pos, neg, sim = _data(seed=7)
+    tau, kappa, alpha = 0.25, 3.0, 0.4
+    loss, stats = dsl_loss(pos, neg, tau, item_sim=sim, kappa=kappa, alpha=alpha, return_stats=True)
+    w = stats["w"]
+    expect_w = neg.shape[1] * torch.softmax(kappa * (alpha * neg + (1 - alpha) * sim), dim=1)
+    torch.testing.assert_close(w, expect_w, rtol=1e-12, atol=1e-12)
+    weighted = torch.log(((neg - pos[:, None]) / tau).exp().mul(w).mean(dim=1))
+    torch.testing.assert_close(loss, weighted, rtol=1e-10, atol=1e-10)
+    assert torch.equal(stats["tau_b"], torch.full_like(pos, tau))
+
+
+def test_identity_alpha_one_is_a_temperature_change():
+    """alpha = 1, gamma = 0: weights exp(kappa * s_n) merge with the logits s_n / tau, so
+    DSL = SL(tau_eff) + kappa * s_p - logsumexp_j(kappa * s_n[j]) with tau_eff = 1 / (1/tau + kappa),
+    and the gradient w.r.t. neg is SL(tau_eff)'s times tau_eff / tau (same direction)."""
+    pos, neg, _ = _data(seed=8)
+    tau, kappa = 0.2, 3.0
+    tau_eff = 1 / (1 / tau + kappa)
+    q = neg.clone().requires_grad_(True)
+    loss = dsl_loss(pos, q, tau, kappa=kappa, alpha=1.0)  # item_sim not needed at alpha = 1
+    sl_eff = torch.logsumexp((q - pos[:, None]) / tau_eff, dim=1)
+    const = kappa * pos - torch.logsumexp(kappa * neg, dim=1)
+    torch.testing.assert_close(loss, sl_eff + const, rtol=1e-12, atol=1e-12)
+    (g_dsl,) = torch.autograd.grad(loss.sum(), q)
+    (g_sl,) = torch.autograd.grad(sl_eff.sum(), q)
+    torch.testing.assert_close(g_dsl, g_sl * tau_eff / tau, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("max_weight", [None, 1.0, 1.2, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weights_mean_one(max_weight, dtype):
+    g = torch.Generator().manual_seed(9)
+    pos = torch.rand(64, generator=g, dtype=torch.float64).to(dtype)
+    neg = (torch.rand(64, 50, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    sim = (torch.rand(64, 50, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    _, stats = dsl_loss(pos, neg, 0.1, item_sim=sim, kappa=8.0, alpha=0.5, max_weight=max_weight, return_stats=True)
+    w = stats["w"]
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(w.mean(dim=1), torch.ones(64, dtype=dtype), rtol=tol, atol=tol)
+    assert (w > 0).all()
+    if max_weight is not None:
+        assert w.max() <= max_weight * (1 + tol)
+        assert (w.max(dim=1).values > max_weight * (1 - tol)).any()  # the cap does bind here
+    if max_weight == 1.0:
+        torch.testing.assert_close(w, torch.ones_like(w), rtol=tol, atol=tol)
+
+
+def test_weight_cap_keeps_order_and_unclipped_ratios():
+    pos, neg, sim = _data(b=4, n=20, seed=10)
+    _, s0 = dsl_loss(pos, neg, 0.2, item_sim=sim, kappa=5.0, return_stats=True)
+    _, s1 = dsl_loss(pos, neg, 0.2, item_sim=sim, kappa=5.0, max_weight=1.5, return_stats=True)
+    w0, w1 = s0["w"], s1["w"]
+    free = w1 < 1.5 - 1e-9
+    ratio = torch.where(free, w1 / w0, torch.nan)
+    for r in range(4):  # the unclipped weights of a row are scaled by one common factor c >= 1
+        vals = ratio[r][free[r]]
+        torch.testing.assert_close(vals, torch.full_like(vals, vals[0].item()), rtol=1e-10, atol=0)
+        assert vals[0] >= 1 - 1e-12
+
+
+def test_temperatures_geometric_mean():
+    pos, neg, _ = _data(b=32, n=10, seed=11)
+    tau = 0.2
+    # clip does not bind: tau_b = tau * exp(gamma * z) exactly, geometric mean tau
+    _, st = dsl_loss(pos, neg, tau, gamma=0.3, tau_range=100.0, return_stats=True)
+    tb = st["tau_b"]
+    torch.testing.assert_close(tb.log().mean().exp(), torch.tensor(tau, dtype=torch.float64), rtol=1e-12, atol=0)
+    inten = torch.sigmoid((neg - pos[:, None]) / tau).mean(dim=1)
+    z = (inten - inten.mean()) / (inten.std(unbiased=False) + 1e-6)
+    torch.testing.assert_close(tb, tau * torch.exp(0.3 * z), rtol=1e-12, atol=0)
+    # clip binds: geometric mean still tau; values within the range up to the common rescale factor
+    rho = 1.2
+    _, st = dsl_loss(pos, neg, tau, gamma=3.0, tau_range=rho, return_stats=True)
+    tb = st["tau_b"]
+    torch.testing.assert_close(tb.log().mean().exp(), torch.tensor(tau, dtype=torch.float64), rtol=1e-12, atol=0)
+    clipped = torch.clamp(tau * torch.exp(3.0 * z), tau / rho, tau * rho)
+    assert (clipped == tau * rho).any() or (clipped == tau / rho).any()
+    factor = tau / clipped.log().mean().exp()
+    torch.testing.assert_close(tb, clipped * factor, rtol=1e-12, atol=0)
+    assert tb.max() / tb.min() <= rho * rho * (1 + 1e-12)
+
+
+def test_single_row_batch():
+    pos, neg, sim = _data(b=1, n=5, seed=12)
+    loss, st = dsl_loss(pos, neg, 0.2, item_sim=sim, kappa=1.0, gamma=2.0, return_stats=True)
+    torch.testing.assert_close(st["tau_b"], torch.tensor([0.2], dtype=torch.float64))
+    assert torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_at_tiny_tau(dtype):
+    b, n = 16, 32
+    g = torch.Generator().manual_seed(13)
+    sign = torch.randint(0, 2, (b, n), generator=g).to(dtype) * 2 - 1
+    neg = sign.clone().requires_grad_(True)
+    pos = (torch.randint(0, 2, (b,), generator=g).to(dtype) * 2 - 1).requires_grad_(True)
+    sim = sign.flip(1)
+    for kw in (dict(gamma=50.0, kappa=20.0, max_weight=2.0, tau_range=3.0),
+               dict(gamma=1e4, kappa=-1e3, slate_size=3),
+               dict(gamma=50.0)):
+        loss = dsl_loss(pos, neg, 0.005, item_sim=sim, **kw)
+        gp, gn = torch.autograd.grad(loss.mean(), (pos, neg))
+        assert torch.isfinite(loss).all() and torch.isfinite(gp).all() and torch.isfinite(gn).all()
+
+
+def test_item_sim_required():
+    pos, neg, _ = _data(seed=14)
+    with pytest.raises(ValueError, match="item_sim"):
+        dsl_loss(pos, neg, 0.2, kappa=1.0, alpha=0.5)
+    dsl_loss(pos, neg, 0.2, kappa=1.0, alpha=1.0)  # hardness only: fine
+    dsl_loss(pos, neg, 0.2, kappa=0.0, alpha=0.5, gamma=1.0)  # reweighting off: fine
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+# ---------------------------------------------------------------------------------------------
+def test_registered_and_params():
+    assert LOSSES.get("DSL") is DSLLoss
+    assert DSLLoss.name == "DSL"
+    assert DSLLoss.params == {
+        "tau": "loss_tau", "kappa": "dsl_kappa", "alpha": "dsl_alpha", "slate_size": "dsl_slate_size",
+        "gamma": "dsl_gamma", "tau_range": "dsl_tau_range", "max_weight": "dsl_max_weight",
+        "reweight": "dsl_reweight", "temperature": "dsl_temperature",
+    }
+    cfg = {"loss_tau": 0.2, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_slate_size": None, "dsl_gamma": 0.5,
+           "dsl_tau_range": 3.0, "dsl_max_weight": None, "dsl_reweight": True, "dsl_temperature": True}
+    m = DSLLoss.from_config(cfg)
+    assert m.tau == 0.2 and m.needs_item_sim
+
+
+def test_yaml_defaults_build_the_module():
+    import pathlib
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "properties" / "loss" / "DSL.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    assert set(DSLLoss.params.values()) <= set(cfg)
+    assert cfg["dsl_slate_size"] is None and cfg["dsl_max_weight"] is None and cfg["score_fn"] == "cosine"
+    DSLLoss.from_config(cfg)
+
+
+def test_needs_item_sim_per_instance():
+    assert DSLLoss(kappa=1.0, alpha=0.5).needs_item_sim
+    assert not DSLLoss(kappa=1.0, alpha=1.0).needs_item_sim
+    assert not DSLLoss(kappa=0.0, alpha=0.5).needs_item_sim
+    assert not DSLLoss(kappa=1.0, alpha=0.5, reweight=False).needs_item_sim
+
+
+def test_module_matches_function_and_switches():
+    pos, neg, sim = _data(seed=15)
+    ctx = LossContext(item_sim=sim)
+    kw = dict(tau=0.3, kappa=2.0, alpha=0.5, gamma=0.7, slate_size=4, max_weight=2.0, tau_range=2.0)
+    m = DSLLoss(**kw)
+    ref = dsl_loss(pos, neg, 0.3, item_sim=sim, kappa=2.0, alpha=0.5, gamma=0.7, slate_size=4, max_weight=2.0, tau_range=2.0)
+    torch.testing.assert_close(m(pos, neg, ctx), ref.mean())
+    off = DSLLoss(**kw, reweight=False, temperature=False)
+    torch.testing.assert_close(off.compute(pos, neg, ctx), dsl_loss(pos, neg, 0.3))
+    assert off.diagnostics() == {}
+    only_t = DSLLoss(**kw, reweight=False)
+    torch.testing.assert_close(only_t.compute(pos, neg, LossContext()),
+                               dsl_loss(pos, neg, 0.3, gamma=0.7, slate_size=4, tau_range=2.0))
+    assert set(only_t.diagnostics()) == {"dsl_tau_min", "dsl_tau_median", "dsl_tau_max"}
+    only_w = DSLLoss(**kw, temperature=False)
+    only_w.compute(pos, neg, ctx)
+    assert set(only_w.diagnostics()) == {"dsl_w_min", "dsl_w_median", "dsl_w_max"}
+
+
+def test_diagnostics_after_forward():
+    pos, neg, sim = _data(seed=16)
+    m = DSLLoss(tau=0.2, kappa=2.0, alpha=0.5, gamma=0.5)
+    assert m.diagnostics() == {}
+    m(pos, neg, LossContext(item_sim=sim))
+    d = m.diagnostics()
+    assert set(d) == {"dsl_tau_min", "dsl_tau_median", "dsl_tau_max", "dsl_w_min", "dsl_w_median", "dsl_w_max"}
+    for v in d.values():
+        assert isinstance(v, torch.Tensor) and v.dtype == torch.float32 and v.dim() == 0 and not v.requires_grad
+    assert d["dsl_tau_min"] <= d["dsl_tau_median"] <= d["dsl_tau_max"]
+    assert d["dsl_w_min"] <= d["dsl_w_median"] <= d["dsl_w_max"]
+    assert d["dsl_w_min"] < 1 < d["dsl_w_max"]
+
+
+def test_module_requires_item_sim_when_needed():
+    pos, neg, _ = _data(seed=17)
+    with pytest.raises(ValueError, match="item_sim"):
+        DSLLoss(kappa=1.0, alpha=0.5)(pos, neg)
+
+
+@pytest.mark.parametrize("key,kwargs", [
+    ("loss_tau", dict(tau=0.0)),
+    ("loss_tau", dict(tau=-0.1)),
+    ("dsl_slate_size", dict(slate_size=-3)),
+    ("dsl_slate_size", dict(slate_size=0)),
+    ("dsl_slate_size", dict(slate_size=2.5)),
+    ("dsl_tau_range", dict(tau_range=0.9)),
+    ("dsl_max_weight", dict(max_weight=0.5)),
+    ("dsl_alpha", dict(alpha=-0.1)),
+    ("dsl_alpha", dict(alpha=1.5)),
+    ("dsl_kappa", dict(kappa=float("nan"))),
+    ("dsl_gamma", dict(gamma="big")),
+    ("dsl_reweight", dict(reweight="yes")),
+])
+def test_config_errors(key, kwargs):
+    with pytest.raises(ConfigError) as ei:
+        DSLLoss(**kwargs)
+    assert ei.value.key == key
+    assert key in str(ei.value)
+
+
+def test_check_neg_num():
+    m = DSLLoss(slate_size=10)
+    m.check_neg_num(10)
+    m.check_neg_num(100)
+    with pytest.raises(ConfigError) as ei:
+        m.check_neg_num(5)
+    assert ei.value.key == "dsl_slate_size" and "neg_num=5" in str(ei.value)
+    DSLLoss(slate_size=None).check_neg_num(1)
+    pos, neg, sim = _data(n=5, seed=18)
+    with pytest.raises(ConfigError):
+        m(pos, neg, LossContext(item_sim=sim))
+
+
+def test_accepts_boundary_values():
+    DSLLoss(tau_range=1.0, max_weight=1.0, alpha=0.0, slate_size=1, kappa=-2.0, gamma=-1.0)
+    DSLLoss(alpha=1.0, reweight=False, temperature=False)
