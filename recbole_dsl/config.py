@@ -123,6 +123,7 @@ class Config(RecBoleConfig):
         loss = self.external_config_dict.get("rec_loss", self.internal_config_dict.get("rec_loss"))
         if loss is not None:
             LOSSES.get(loss)  # unknown names fail here, listing the known ones
+            check_model(model, model_class)  # before RecBole's own model-type checks run
             loss_file = props / "loss" / f"{loss}.yaml"
             if loss_file.is_file():
                 self._update_internal_config_dict(str(loss_file))
@@ -148,7 +149,6 @@ class Config(RecBoleConfig):
     def _check_plugin(self):
         if self["rec_loss"] is None:
             return
-        check_model(self.model, self.model_class)
         settings = RecLossSettings.from_config(self)
         loss = LOSSES.get(settings.loss).from_config(self)  # the loss checks its own keys
         if hasattr(loss, "check_neg_num"):

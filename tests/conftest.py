@@ -20,6 +20,7 @@ FAST = {
     "topk": [20],
     "valid_metric": "NDCG@20",
     "gpu_id": "",
+    "learning_rate": 0.01,
 }
 
 

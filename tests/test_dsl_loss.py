@@ -389,3 +389,26 @@ def test_check_neg_num():
 def test_accepts_boundary_values():
     DSLLoss(tau_range=1.0, max_weight=1.0, alpha=0.0, slate_size=1, kappa=-2.0, gamma=-1.0)
     DSLLoss(alpha=1.0, reweight=False, temperature=False)
+
+
+@pytest.mark.parametrize("b,n", [(6, 7), (300, 400)])
+def test_diagnostics_values(b, n):
+    g = torch.Generator().manual_seed(19)
+    pos = torch.rand(b, generator=g) * 2 - 1
+    neg = torch.rand(b, n, generator=g) * 2 - 1
+    sim = torch.rand(b, n, generator=g) * 2 - 1
+    m = DSLLoss(tau=0.2, kappa=3.0, alpha=0.5, gamma=0.8, max_weight=2.5)
+    m(pos, neg, LossContext(item_sim=sim))
+    d = m.diagnostics()
+    _, st = dsl_loss(pos, neg, 0.2, item_sim=sim, kappa=3.0, alpha=0.5, gamma=0.8, max_weight=2.5, return_stats=True)
+    w, t = st["w"], st["tau_b"]
+    torch.testing.assert_close(d["dsl_w_min"], w.min(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d["dsl_w_max"], w.max(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d["dsl_tau_median"], t.median(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d["dsl_tau_min"], t.min(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(d["dsl_tau_max"], t.max(), rtol=1e-5, atol=0)
+    if b * n <= 1 << 16:  # exact median
+        torch.testing.assert_close(d["dsl_w_median"], w.flatten().median(), rtol=1e-5, atol=0)
+    else:  # strided sample: close to the exact median
+        exact = w.flatten().median()
+        assert abs(d["dsl_w_median"] - exact) < 0.05 * exact

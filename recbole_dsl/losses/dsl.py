@@ -47,11 +47,15 @@ def _check_scores(pos: Tensor, neg: Tensor) -> None:
 @torch.no_grad()
 def _log_weights(
     neg: Tensor, item_sim: Optional[Tensor], kappa: float, alpha: float, max_weight: Optional[float]
-) -> Tensor:
-    """log w [B, N], no gradient; exp(log w) has mean one per row (and max <= max_weight if set)."""
+) -> Tuple[Tensor, Tensor]:
+    """Log weights as (u [B, N], o [B]) with log w = u + o[:, None]; no gradient.
+
+    exp(log w) has mean one per row (and max <= max_weight if set). Keeping the per-row
+    normaliser o separate lets the loss add it after the logsumexp (one [B, N] pass fewer).
+    """
     n = neg.shape[1]
     if alpha >= 1.0:
-        a = neg
+        a = neg.detach()
     else:
         if item_sim is None:
             raise ValueError(
@@ -60,11 +64,14 @@ def _log_weights(
             )
         if item_sim.shape != neg.shape:
             raise ValueError(f"item_sim must have the shape of neg {tuple(neg.shape)}, got {tuple(item_sim.shape)}")
-        a = torch.lerp(item_sim.detach().to(neg.dtype), neg, alpha) if alpha > 0 else item_sim.detach().to(neg.dtype)
-    log_w = torch.log_softmax(kappa * a, dim=1) + math.log(n)
-    if max_weight is not None:
-        log_w = _cap_log_weights(log_w, float(max_weight))
-    return log_w
+        sim = item_sim.detach().to(neg.dtype)
+        a = torch.lerp(sim, neg.detach(), alpha) if alpha > 0 else sim
+    u = kappa * a
+    o = math.log(n) - torch.logsumexp(u, dim=1)  # log w = log(N * softmax(u))
+    if max_weight is not None and max_weight < n:  # a weight never exceeds N
+        u = _cap_log_weights(u + o.unsqueeze(1), float(max_weight))
+        o = torch.zeros_like(o)
+    return u, o
 
 
 def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
@@ -74,10 +81,8 @@ def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
     c_k = (N - k * cap) / sum_{i >= k} exp(v_i); the answer is the smallest k with
     c_k * exp(v_k) <= cap (k = 0: nothing to clip, c = 1). Requires cap >= 1.
     """
-    b, n = log_w.shape
+    n = log_w.shape[1]
     log_cap = math.log(cap)
-    if cap >= n:  # a weight never exceeds N
-        return log_w
     v = torch.sort(log_w, dim=1, descending=True).values
     # log of the suffix sums sum_{i >= k} exp(v_i)
     log_suffix = torch.logcumsumexp(v.flip(1), dim=1).flip(1)
@@ -94,9 +99,11 @@ def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
 
 @torch.no_grad()
 def _log_temperatures(
-    pos: Tensor, neg: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float, eps: float
+    pos: Tensor, neg: Tensor, d: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float,
+    eps: float,
 ) -> Tensor:
-    """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau."""
+    """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau.
+    ``d`` is neg - pos[:, None] (reused when the slate is all N negatives)."""
     b, n = neg.shape
     log_tau = math.log(tau)
     k = n if slate_size is None else int(slate_size)
@@ -104,8 +111,11 @@ def _log_temperatures(
         raise ConfigError("dsl_slate_size", slate_size, f"an integer in [1, neg_num={n}]")
     if b == 1:  # z = 0 for a single row
         return neg.new_full((1,), log_tau)
-    slate = neg if k == n else torch.topk(neg, k, dim=1, sorted=False).values
-    intensity = torch.sigmoid((slate - pos.unsqueeze(1)) / tau).mean(dim=1)
+    if k == n:
+        slate_d = d.detach()
+    else:  # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
+        slate_d = torch.topk(neg.detach(), k, dim=1, sorted=False).values - pos.detach().unsqueeze(1)
+    intensity = torch.sigmoid(slate_d * (1.0 / tau)).mean(dim=1)
     mean = intensity.mean()
     std = intensity.std(unbiased=False)
     z = (intensity - mean) / (std + eps)
@@ -127,20 +137,22 @@ def _dsl_parts(
     tau_range: float,
     max_weight: Optional[float],
     eps: float,
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """(per-row loss [B], log tau_b [B] or None, log w [B, N] or None); None = branch inactive."""
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tuple[Tensor, Tensor]]]:
+    """(per-row loss [B], log tau_b [B] or None, (u [B, N], o [B]) or None); None = branch inactive.
+    The log weights are u + o[:, None] (see `_log_weights`)."""
     _check_scores(pos, neg)
     n = neg.shape[1]
     d = neg - pos.unsqueeze(1)
     log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight) if kappa != 0 else None
-    log_tau_b = _log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps) if gamma != 0 else None
-    if log_tau_b is None:
-        logits = d / tau
-    else:
-        logits = d * torch.exp(-log_tau_b).unsqueeze(1)
-    if log_w is not None:
-        logits = logits + log_w
-    return torch.logsumexp(logits, dim=1) - math.log(n), log_tau_b, log_w
+    log_tau_b = _log_temperatures(pos, neg, d, tau, slate_size, gamma, tau_range, eps) if gamma != 0 else None
+    inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b).unsqueeze(1)
+    if log_w is None:
+        logits = d / tau if inv_tau is None else d * inv_tau
+        return torch.logsumexp(logits, dim=1) - math.log(n), log_tau_b, None
+    u, o = log_w
+    # d / tau_b + u in one fused kernel (one [B, N] temporary fewer)
+    logits = torch.add(u, d, alpha=1.0 / tau) if inv_tau is None else torch.addcmul(u, d, inv_tau)
+    return torch.logsumexp(logits, dim=1) + (o - math.log(n)), log_tau_b, log_w
 
 
 def dsl_loss(
@@ -174,8 +186,13 @@ def dsl_loss(
     if not return_stats:
         return loss
     tau_b = neg.new_full((neg.shape[0],), float(tau)) if log_tau_b is None else log_tau_b.exp()
-    w = torch.ones_like(neg, requires_grad=False) if log_w is None else log_w.exp()
+    w = torch.ones_like(neg, requires_grad=False) if log_w is None else (log_w[0] + log_w[1].unsqueeze(1)).exp()
     return loss, {"tau_b": tau_b.detach(), "w": w.detach()}
+
+
+# dsl_w_median is taken over at most this many of the batch's B * N weights (the trainer logs
+# diagnostics every batch; an exact median of 2M values would cost more than the loss itself).
+_MEDIAN_SAMPLE = 1 << 16
 
 
 def _is_real(x) -> bool:
@@ -194,7 +211,9 @@ class DSLLoss(RecLoss):
     ``diagnostics()`` reports the last batch's temperature spread (``dsl_tau_min/median/max``)
     only when the temperature branch is active, and the weight spread (``dsl_w_min/median/max``)
     only when the reweighting branch is active: an inactive branch's figures are constants
-    (tau, 1) and are left out rather than logged.
+    (tau, 1) and are left out rather than logged. The weight min / max are exact; the weight
+    median is over an evenly strided sample of at most 65536 of the B * N weights (exact for
+    smaller batches), since the trainer asks for diagnostics every batch.
     """
 
     name = "DSL"
@@ -258,7 +277,7 @@ class DSLLoss(RecLoss):
         self.eff_gamma = self.gamma if temperature else 0.0
         self.needs_item_sim = self.eff_kappa != 0 and self.alpha < 1
         self._last_log_tau_b: Optional[Tensor] = None
-        self._last_log_w: Optional[Tensor] = None
+        self._last_log_w: Optional[Tuple[Tensor, Tensor]] = None
 
     def check_neg_num(self, neg_num: int) -> None:
         """Raise ConfigError when the slate is larger than the number of sampled negatives."""
@@ -278,7 +297,7 @@ class DSLLoss(RecLoss):
         )
         # keep references only (detached, no copies); the summaries are computed on demand
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
-        self._last_log_w = None if log_w is None else log_w.detach()
+        self._last_log_w = log_w  # (u, o), both already detached
         return loss
 
     def diagnostics(self) -> Dict[str, Tensor]:
@@ -287,8 +306,16 @@ class DSLLoss(RecLoss):
             t = self._last_log_tau_b.float().exp()
             out.update(dsl_tau_min=t.min(), dsl_tau_median=t.median(), dsl_tau_max=t.max())
         if self._last_log_w is not None:
-            w = self._last_log_w.float().exp().flatten()
-            out.update(dsl_w_min=w.min(), dsl_w_median=w.median(), dsl_w_max=w.max())
+            u, o = self._last_log_w
+            # min / max exact from row reductions, without materialising the [B, N] weights
+            w_min = (u.amin(dim=1) + o).min().float().exp()
+            w_max = (u.amax(dim=1) + o).max().float().exp()
+            # median over an evenly strided sample of at most _MEDIAN_SAMPLE weights (exact below)
+            n = u.shape[1]
+            step = -(-u.numel() // _MEDIAN_SAMPLE)
+            idx = torch.arange(0, u.numel(), step, device=u.device)
+            sample = u.reshape(-1)[idx] + o[idx // n]
+            out.update(dsl_w_min=w_min, dsl_w_median=sample.median().float().exp(), dsl_w_max=w_max)
         return out
 
     def extra_repr(self) -> str:

@@ -1,0 +1,89 @@
+"""Config layering and up-front validation (no training runs here)."""
+import pytest
+
+from recbole_dsl import Config, ConfigError, LOSSES
+from recbole_dsl.config import properties_dir
+
+
+def cfg(model="BPR", **kw):
+    return Config(model=model, dataset="ml-100k", config_dict=dict({"gpu_id": ""}, **kw), cmd_args=[])
+
+
+def test_properties_are_found():
+    assert (properties_dir() / "overall.yaml").is_file()
+    for name in LOSSES.names():
+        assert (properties_dir() / "loss" / f"{name}.yaml").is_file(), name
+
+
+def test_rec_loss_unset_keeps_recbole_sampling():
+    c = cfg()
+    assert c["rec_loss"] is None
+    assert c["train_neg_sample_args"]["distribution"] == "uniform"
+
+
+@pytest.mark.parametrize("loss", LOSSES.names())
+def test_rec_loss_turns_off_recbole_sampler_and_loads_loss_defaults(loss):
+    c = cfg(rec_loss=loss)
+    assert c["train_neg_sample_args"]["distribution"] == "none"
+    assert c["score_fn"] in ("cosine", "dot")
+
+
+def test_priority_loss_defaults_below_user():
+    assert cfg(rec_loss="BPR")["score_fn"] == "dot"  # BPR.yaml beats overall.yaml
+    assert cfg(rec_loss="BPR", score_fn="cosine")["score_fn"] == "cosine"  # user beats BPR.yaml
+    assert cfg(rec_loss="PSL")["psl_activation"] == "tanh"
+
+
+def test_cmd_args_have_top_priority_and_sys_argv_is_not_read(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["x", "--loss_tau=0.7"])
+    c = Config(model="BPR", dataset="ml-100k", config_dict={"rec_loss": "SL", "loss_tau": 0.3, "gpu_id": ""},
+               cmd_args=["--loss_tau=0.05"])
+    assert c["loss_tau"] == 0.05
+    c = Config(model="BPR", dataset="ml-100k", config_dict={"rec_loss": "SL", "gpu_id": ""}, cmd_args=[])
+    assert c["loss_tau"] != 0.7
+
+
+BAD = [
+    (dict(rec_loss="XL"), r"rec_loss='XL'.*BCE.*BPR.*BSL.*DSL.*PSL.*SL"),
+    (dict(rec_loss="PSL", psl_activation="gelu"), r"psl_activation='gelu'.*atan.*relu.*tanh"),
+    (dict(rec_loss="SL", score_fn="l2"), r"score_fn='l2'.*cosine.*dot"),
+    (dict(rec_loss="SL", eval_score_fn="l2"), r"eval_score_fn='l2'"),
+    (dict(rec_loss="SL", neg_sampler="hard"), r"neg_sampler='hard'.*uniform"),
+    (dict(rec_loss="SL", loss_tau=0), r"loss_tau=0 .*> 0"),
+    (dict(rec_loss="SL", loss_tau=-0.1), r"loss_tau=-0.1"),
+    (dict(rec_loss="BSL", loss_tau_pos=0), r"loss_tau_pos=0"),
+    (dict(rec_loss="SL", neg_num=0), r"neg_num=0 .*>= 1"),
+    (dict(rec_loss="SL", neg_num="many"), r"neg_num='many'"),
+    (dict(rec_loss="SL", score_path="fast"), r"score_path='fast'.*auto.*full.*gather"),
+    (dict(rec_loss="SL", train_batch_mode="users"), r"train_batch_mode='users'.*interaction.*user"),
+    (dict(rec_loss="SL", positives_per_user=0), r"positives_per_user=0"),
+    (dict(rec_loss="SL", exclude_positives="yes"), r"exclude_positives='yes'"),
+]
+
+
+@pytest.mark.parametrize("kw,pattern", BAD, ids=[p.split("=")[0] for _, p in BAD])
+def test_bad_values_fail_before_training(kw, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        cfg(**kw)
+
+
+@pytest.mark.parametrize("model,reason", [
+    ("Pop", "not trained by gradient"),
+    ("ItemKNN", "not trained by gradient"),
+    ("GCMC", "rating classification"),
+    ("SASRec", "sequential model"),
+    ("NeuMF", "supported with rec_loss"),
+])
+def test_unsupported_models_say_which_are_supported(model, reason):
+    with pytest.raises(ConfigError, match=r"model='%s'" % model) as e:
+        cfg(model=model, rec_loss="SL")
+    assert "'BPR'" in str(e.value) and "'LightGCN'" in str(e.value) and reason in str(e.value)
+
+
+def test_unsupported_model_without_rec_loss_is_left_to_recbole():
+    assert cfg(model="Pop")["model"] == "Pop"
+
+
+def test_missing_dataset_folder_fails_without_download(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset='nosuch'.*does not exist"):
+        Config(model="BPR", dataset="nosuch", config_dict={"data_path": str(tmp_path), "gpu_id": ""}, cmd_args=[])
