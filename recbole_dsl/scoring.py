@@ -21,9 +21,10 @@ from recbole_dsl.errors import ConfigError
 SCORE_FNS = ("cosine", "dot")
 SCORE_PATHS = ("auto", "full", "gather")
 
-# "full" is chosen while n_items <= FULL_PATH_RATIO * N. Measured on ml-100k-sized catalogues
-# (benchmarks/bench_speed.py): the dense GEMM wins well past n_items == N.
-FULL_PATH_RATIO = 8.0
+# "full" is chosen while n_items <= FULL_PATH_RATIO * N. A dense GEMM element costs about a
+# hundredth of a gathered-and-scattered one on CPU (benchmarks/bench_speed.py, score-path rows),
+# so the matrix product over the whole catalogue wins far past n_items == N.
+FULL_PATH_RATIO = 64.0
 
 
 def check_score_fn(value, key: str = "score_fn") -> str:
@@ -54,19 +55,21 @@ def batch_scores(
     """Scores of each row's positive [B] and negatives [B, N], and (optionally, without gradient)
     the cosine similarity of the row's positive item to each of its negatives [B, N]."""
     u = _prep(user_e, score_fn)
+    # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
+    items = _prep(item_table, score_fn)
     item_sim = None
     if path == "full":
-        items = _prep(item_table, score_fn)
-        all_scores = u @ items.t()  # [B, n_items]
-        pos = all_scores.gather(1, pos_item.unsqueeze(1)).squeeze(1)
-        neg = all_scores.gather(1, neg_item)
+        # One gather for positives and negatives: one [B, n_items] gradient buffer, not two.
+        cols = torch.cat([pos_item.unsqueeze(1), neg_item], dim=1)
+        picked = (u @ items.t()).gather(1, cols)  # [B, 1 + N]
+        pos, neg = picked[:, 0], picked[:, 1:]
         if with_item_sim:
             with torch.no_grad():
-                items_c = F.normalize(item_table.detach(), dim=-1)
+                items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
                 item_sim = (items_c[pos_item] @ items_c.t()).gather(1, neg_item)
     elif path == "gather":
-        pos_e = _prep(item_table[pos_item], score_fn)  # [B, d]
-        neg_e = _prep(item_table[neg_item], score_fn)  # [B, N, d]
+        pos_e = items[pos_item]  # [B, d]
+        neg_e = items[neg_item]  # [B, N, d]: B * N * d floats, hence "full" for large N
         pos = (u * pos_e).sum(-1)
         neg = torch.bmm(neg_e, u.unsqueeze(2)).squeeze(2)
         if with_item_sim:

@@ -4,7 +4,8 @@ Only the smallest hooks are overridden, each calling RecBole's own code:
 - checkpoints load on torch >= 2.6 (evaluate(load_best_model=True) and resume_checkpoint);
 - checkpoint names are unique per trainer, so parallel runs sharing a folder never collide;
 - the user-grouped batching mode (BSL's bilateral positives) wraps the training loader;
-- the loss's per-batch diagnostics are averaged per epoch and logged like RecBole's figures.
+- the loss's per-batch diagnostics are averaged per epoch and logged like RecBole's figures
+  (TensorBoard, and W&B where `log_wandb` is on, where a tuple loss is also logged as scalars).
 """
 from __future__ import annotations
 
@@ -14,15 +15,31 @@ import uuid
 from collections import defaultdict
 
 from recbole.trainer import Trainer
-from recbole.utils import get_trainer as recbole_get_trainer, set_color
+from recbole.utils import WandbLogger, get_trainer as recbole_get_trainer, set_color
 
 from recbole_dsl.compat import load_checkpoint
 from recbole_dsl.data import UserGroupedTrainDataLoader
 
 
+class RecLossWandbLogger(WandbLogger):
+    """RecBole's W&B logger; with rec_loss set, a tuple training loss (e.g. LightGCN's
+    recommendation term and its L2 term) is logged as `train_loss` (the sum, as in RecBole's
+    train_loss_dict) plus `train_loss1`, `train_loss2`, ... (numbered as in the console log),
+    instead of one list-valued entry W&B cannot chart."""
+
+    def log_metrics(self, metrics, head="train", commit=True):
+        loss = metrics.get("train_loss")
+        if self.config["rec_loss"] is not None and isinstance(loss, tuple):
+            metrics = dict(metrics, train_loss=sum(loss), **{f"train_loss{i}": v for i, v in enumerate(loss, 1)})
+        return super().log_metrics(metrics, head=head, commit=commit)
+
+
 class RecLossTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
+        if config["log_wandb"]:
+            # The run RecBole's logger started is reused (wandb.init runs once per process).
+            self.wandblogger = RecLossWandbLogger(config)
         # RecBole names checkpoints <model>-<time to the second>: two runs started in the same
         # second (parallel trials) would overwrite each other.
         root, ext = os.path.splitext(self.saved_model_file)
@@ -63,6 +80,11 @@ class RecLossTrainer(Trainer):
             )
             for k, v in diag.items():
                 self.tensorboard.add_scalar(f"Diagnostics/{k}", v, epoch_idx)
+            # commit=False: joins the row fit() logs for this epoch right after (same train_step).
+            self.wandblogger.log_metrics(
+                {**{f"diagnostics/{k}": v for k, v in diag.items()}, "train_step": epoch_idx},
+                head="train", commit=False,
+            )
         return total
 
     def resume_checkpoint(self, resume_file):
@@ -76,6 +98,11 @@ class RecLossTrainer(Trainer):
             self.logger.warning(
                 "Architecture configuration given in config file is different from that of checkpoint. "
                 "This may yield an exception while state_dict is being loaded."
+            )
+        if checkpoint["config"]["rec_loss"] != self.config["rec_loss"]:
+            self.logger.warning(
+                f"The checkpoint was trained with rec_loss={checkpoint['config']['rec_loss']!r}; "
+                f"training resumes with rec_loss={self.config['rec_loss']!r}."
             )
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))

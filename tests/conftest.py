@@ -29,7 +29,13 @@ def fast_config(tmp_path):
     return dict(FAST, checkpoint_dir=str(tmp_path / "saved"))
 
 
+@pytest.fixture(scope="session")
+def _session_cwd(tmp_path_factory):
+    return tmp_path_factory.mktemp("cwd")
+
+
 @pytest.fixture(autouse=True)
-def _no_cwd_litter(tmp_path, monkeypatch):
-    # RecBole writes log/ and log_tensorboard/ into the working directory.
-    monkeypatch.chdir(tmp_path)
+def _no_cwd_litter(_session_cwd, monkeypatch):
+    # RecBole writes log/ and log_tensorboard/ into the working directory; TensorBoard writers
+    # flush from a thread after a test ends, so the folder lives as long as the session.
+    monkeypatch.chdir(_session_cwd)

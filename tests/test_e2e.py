@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model as recbole_get_model
 
 from recbole_dsl import ADAPTERS, LOSSES, Config, get_model, get_trainer
 from recbole_dsl.data import UserGroupedTrainDataLoader
@@ -22,19 +23,19 @@ def ml100k(tmp_path_factory):
     return data_preparation(config, create_dataset(config))
 
 
-def make(model, loss, tmp_path, **kw):
-    config = Config(model, "ml-100k", config_dict=dict(FAST, rec_loss=loss, checkpoint_dir=str(tmp_path), **kw),
-                    cmd_args=[])
-    net = get_model(model)(config, None if False else ML100K_TRAIN[0]._dataset).to(config["device"])
-    return config, net, get_trainer(config["MODEL_TYPE"], model)(config, net)
-
-
-ML100K_TRAIN = []
+_TRAIN = []
 
 
 @pytest.fixture(autouse=True)
 def _data(ml100k):
-    ML100K_TRAIN[:] = [ml100k[0]]
+    _TRAIN[:] = [ml100k[0]]
+
+
+def make(model, loss, tmp_path, **kw):
+    config = Config(model, "ml-100k", config_dict=dict(FAST, rec_loss=loss, checkpoint_dir=str(tmp_path), **kw),
+                    cmd_args=[])
+    net = get_model(model)(config, _TRAIN[0]._dataset).to(config["device"])
+    return config, net, get_trainer(config["MODEL_TYPE"], model)(config, net)
 
 
 def assert_sane(result):
@@ -49,7 +50,7 @@ def test_every_loss_trains_every_model(loss, model, ml100k, tmp_path):
     train, valid, test = ml100k
     torch.manual_seed(0)
     config, net, trainer = make(model, loss, tmp_path, epochs=2)
-    assert type(net).__name__ == model and isinstance(net, get_model.__wrapped__(model) if hasattr(get_model, "__wrapped__") else object)
+    assert type(net).__name__ == model and isinstance(net, recbole_get_model(model))
     before = trainer._train_epoch(train, 0)
     best_score, best_valid = trainer.fit(train, valid, saved=True)
     losses = before if isinstance(before, tuple) else (before,)
@@ -95,3 +96,25 @@ def test_cosine_training_scores_cosine_in_evaluation(ml100k, tmp_path):
     inter = Interaction({config["USER_ID_FIELD"]: torch.tensor([1, 2])})
     scores = net.full_sort_predict(inter)
     assert scores.abs().max() <= 1.0 + 1e-5  # cosine, not raw dot products
+
+
+@pytest.mark.parametrize("score_fn,path", [("cosine", "gather"), ("dot", "full")])
+def test_dsl_diagnostics_are_logged_per_epoch(score_fn, path, ml100k, tmp_path, caplog):
+    train, valid, test = ml100k
+    config, net, trainer = make("BPR", "DSL", tmp_path, score_fn=score_fn, score_path=path, dsl_slate_size=8)
+    assert net.rec_loss_fn.needs_item_sim
+    with caplog.at_level("INFO"):
+        trainer._train_epoch(train, 0)
+    d = net.last_diagnostics
+    assert {"dsl_tau_min", "dsl_tau_median", "dsl_tau_max", "dsl_w_min", "dsl_w_median", "dsl_w_max"} <= set(d)
+    tau = config["loss_tau"]
+    assert d["dsl_tau_min"] < tau < d["dsl_tau_max"]  # per-row temperatures spread around loss_tau
+    assert d["dsl_w_min"] < 1.0 < d["dsl_w_max"]  # mean-one weights spread around 1
+    assert "loss diagnostics" in caplog.text
+
+
+def test_dsl_slate_larger_than_neg_num_is_refused(tmp_path):
+    from recbole_dsl import ConfigError
+
+    with pytest.raises(ConfigError, match=r"dsl_slate_size=64 .*neg_num=32"):
+        Config("BPR", "ml-100k", config_dict=dict(FAST, rec_loss="DSL", dsl_slate_size=64), cmd_args=[])

@@ -1,0 +1,166 @@
+"""Speed benchmark, everything measured side by side in one process on one split of ml-100k.
+
+(a) seconds per training epoch: MF + SL with N = 1000 negatives per positive (the plugin) versus
+    RecBole's own BPR model (1 negative, RecBole's sampler), epochs interleaved, median ratio;
+    plus the same for DSL (its cost target is <= 1.3x SL);
+(b) time to quality: wall-clock seconds (training + validation) until MF + SL first reaches the
+    best validation NDCG@20 that RecBole's BPR model reaches with its default settings;
+(c) where the time goes (torch profiler, one SL epoch) and peak memory (RSS growth per variant,
+    each in a fresh subprocess);
+(d) the score-path crossover: per-batch seconds of the "full" and "gather" paths (forward +
+    backward of SL) for catalogue sizes and N on synthetic tables.
+
+    python benchmarks/bench_speed.py [--reps 5] [--skip-ttq]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header, plugin_run, recbole_run, timed_epoch  # noqa: E402
+
+import torch  # noqa: E402
+
+N = 1000
+SL = {"rec_loss": "SL", "neg_num": N, "loss_tau": 0.1}
+
+
+def epoch_ratios(reps):
+    _, _, bpr, data = recbole_run("BPR")
+    variants = {
+        "MF+SL N=1000": plugin_run("BPR", data=data, **SL)[2],
+        "MF+DSL N=1000 (defaults)": plugin_run("BPR", data=data, **{**SL, "rec_loss": "DSL"})[2],
+        "LightGCN+SL N=1000": plugin_run("LightGCN", data=data, **SL)[2],
+    }
+    _, _, lgcn_bpr, lgcn_data = recbole_run("LightGCN")
+    times = {k: [] for k in ["RecBole BPR", "RecBole LightGCN", *variants]}
+    for rep in range(reps + 1):  # the first round warms up and is dropped
+        row = {"RecBole BPR": timed_epoch(bpr, data[0], rep), "RecBole LightGCN": timed_epoch(lgcn_bpr, lgcn_data[0], rep)}
+        for k, tr in variants.items():
+            row[k] = timed_epoch(tr, data[0], rep)
+        if rep:
+            for k, v in row.items():
+                times[k].append(v)
+        print({k: round(v, 3) for k, v in row.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return med, times
+
+
+def time_to_quality():
+    """RecBole BPR with its default training settings vs MF + SL (N = 1000), both to convergence."""
+    log = {}
+    for name, make in [
+        ("RecBole BPR", lambda: recbole_run("BPR", epochs=300, stopping_step=10)),
+        ("MF+SL N=1000", lambda: plugin_run("BPR", epochs=300, stopping_step=10, **SL)),
+    ]:
+        _, _, trainer, data = make()
+        curve, t0 = [], [time.perf_counter()]
+
+        def cb(epoch, score, curve=curve, t0=t0):
+            curve.append((time.perf_counter() - t0[0], score))
+
+        t0[0] = time.perf_counter()
+        trainer.fit(data[0], data[1], saved=False, callback_fn=cb)
+        log[name] = curve
+    target = max(s for _, s in log["RecBole BPR"])
+    first = {k: next((t for t, s in c if s >= target), None) for k, c in log.items()}
+    return target, first, log
+
+
+def profile_sl_epoch():
+    from torch.profiler import ProfilerActivity, profile
+
+    _, _, tr, data = plugin_run("BPR", **SL)
+    timed_epoch(tr, data[0])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        timed_epoch(tr, data[0], 1)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+
+def peak_memory(variant: str) -> float:
+    """Child process: peak RSS growth (MiB) over one training epoch, after data and model are built."""
+    if variant == "RecBole BPR":
+        _, _, tr, data = recbole_run("BPR")
+    else:
+        _, _, tr, data = plugin_run("BPR", **({**SL, "rec_loss": "DSL"} if "DSL" in variant else SL))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    timed_epoch(tr, data[0])
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def crossover(reps=3):
+    from recbole_dsl.losses import sl_loss
+    from recbole_dsl.scoring import batch_scores
+
+    B, d = 2048, 64
+    rows = []
+    for n_items in (1_683, 20_000, 100_000):
+        for n in (16, 128, 1000):
+            table = torch.randn(n_items, d, requires_grad=True)
+            u = torch.randn(B, d, requires_grad=True)
+            pos = torch.randint(1, n_items, (B,))
+            neg = torch.randint(1, n_items, (B, n))
+            res = {}
+            for path in ("full", "gather"):
+                ts = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    p, q, _ = batch_scores(u, table, pos, neg, "cosine", path)
+                    sl_loss(p, q, 0.1).mean().backward()
+                    ts.append(time.perf_counter() - t)
+                res[path] = statistics.median(ts)
+            rows.append((n_items, n, res["full"], res["gather"]))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--skip-ttq", action="store_true")
+    ap.add_argument("--memory-child", default=None)
+    ap.add_argument("--out", default="bench_out/speed.md")
+    args = ap.parse_args()
+    if args.memory_child:
+        print(json.dumps(peak_memory(args.memory_child)))
+        return
+    out = [header("python benchmarks/bench_speed.py " + " ".join(sys.argv[1:]))]
+    med, _ = epoch_ratios(args.reps)
+    out.append("\n(a) seconds per training epoch (median of %d interleaved epochs)\n" % args.reps)
+    out.append("| variant | s/epoch | vs RecBole BPR | vs MF+SL N=1000 |\n|---|---|---|---|")
+    for k, v in med.items():
+        out.append(f"| {k} | {v:.3f} | {v / med['RecBole BPR']:.2f}x | {v / med['MF+SL N=1000']:.2f}x |")
+    if not args.skip_ttq:
+        target, first, log = time_to_quality()
+        out.append(f"\n(b) time to quality: RecBole BPR's best validation NDCG@20 = {target:.4f}\n")
+        out.append("| variant | seconds to first reach it | epochs run | best valid NDCG@20 |\n|---|---|---|---|")
+        for k, c in log.items():
+            tt = first[k]
+            out.append(f"| {k} | {'never' if tt is None else f'{tt:.1f}'} | {len(c)} | {max(s for _, s in c):.4f} |")
+        if first["MF+SL N=1000"] is not None:
+            out.append(f"\nratio MF+SL / RecBole BPR: {first['MF+SL N=1000'] / first['RecBole BPR']:.2f}x")
+    out.append("\n(c) peak RSS growth over one training epoch (fresh process each)\n")
+    out.append("| variant | MiB |\n|---|---|")
+    for v in ("RecBole BPR", "MF+SL N=1000", "MF+DSL N=1000"):
+        r = subprocess.run([sys.executable, __file__, "--memory-child", v], capture_output=True, text=True)
+        out.append(f"| {v} | {float(r.stdout.strip().splitlines()[-1]):.0f} |")
+    out.append("\nprofile of one MF+SL N=1000 epoch (self CPU time):\n\n```\n" + profile_sl_epoch() + "\n```")
+    out.append("\n(d) score-path crossover: seconds per batch (B=2048, d=64, SL forward+backward, cosine)\n")
+    out.append("| n_items | N | full | gather | faster |\n|---|---|---|---|---|")
+    for n_items, n, f, g in crossover():
+        out.append(f"| {n_items} | {n} | {f:.4f} | {g:.4f} | {'full' if f < g else 'gather'} |")
+    text = "\n".join(out)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Reload a saved model for inference: RecBole's `load_data_and_model`, working on torch >= 2.6.
+
+RecBole's own `recbole.quick_start.load_data_and_model` fails on torch >= 2.6 (torch.load's
+`weights_only` default refuses the Config object RecBole pickles into every checkpoint), and for
+LightGCN-style graph models also on scipy >= 1.13. This one reads the checkpoint through
+`recbole_dsl.compat.load_checkpoint` and rebuilds the model through the plugin's `get_model`,
+so a model trained with `rec_loss` comes back with its loss path and its score function
+(`score_fn` / `eval_score_fn`), and `full_sort_topk` ranks exactly as before saving.
+Checkpoints written by plain RecBole load too (they have no `rec_loss`: the model is RecBole's).
+
+Only the one file the caller names is read: no directory scan, no "latest checkpoint" search,
+no download. Like RecBole's loader it unpickles the whole file (the Config inside cannot be read
+any other way), so load only checkpoints you or your own runs wrote.
+"""
+from __future__ import annotations
+
+import os
+from logging import getLogger
+from pathlib import Path
+
+import torch
+from recbole.config import Config as RecBoleConfig
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_logger, init_seed
+
+from recbole_dsl.compat import load_checkpoint
+from recbole_dsl.model import get_model
+
+
+def read_checkpoint(model_file) -> dict:
+    """The checkpoint at `model_file` (tensors on the CPU), or an error saying why it is refused."""
+    path = Path(model_file)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{str(path)!r} is a directory: pass the checkpoint file itself (e.g. saved/BPR-<time>.pth); "
+            "folders are not searched"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = load_checkpoint(path, map_location="cpu")
+    except ValueError:
+        raise  # load_checkpoint's own "is not a RecBole checkpoint" message
+    except Exception as e:
+        raise ValueError(
+            f"{str(path)!r} is not a RecBole checkpoint: torch.load cannot read it ({type(e).__name__}: {e})"
+        ) from e
+    config = checkpoint["config"]
+    if not isinstance(config, RecBoleConfig):
+        raise ValueError(
+            f"{str(path)!r} is not a RecBole checkpoint: its 'config' is a {type(config).__name__}, "
+            "not a RecBole Config"
+        )
+    return checkpoint
+
+
+def _device(config, device):
+    if device is not None:
+        return torch.device(device)
+    saved = torch.device(config["device"] or "cpu")
+    if saved.type == "cuda" and not torch.cuda.is_available():
+        getLogger().warning(f"The checkpoint was trained on {saved}, which is not available here: using the CPU")
+        return torch.device("cpu")
+    return saved
+
+
+def load_data_and_model(model_file, device=None):
+    """Load the filtered dataset, its split dataloaders and the saved model, like RecBole's function.
+
+    Args:
+        model_file: path of a checkpoint file written by a RecBole trainer (the plugin's or RecBole's).
+        device: where to put the model (e.g. "cpu", "cuda:0"); default: the device it was trained on,
+            or the CPU when that is a GPU this machine does not have.
+
+    Returns:
+        (config, model, dataset, train_data, valid_data, test_data), as RecBole's
+        `recbole.quick_start.load_data_and_model`. The model is the plugin's class for the model
+        (RecBole's class with the plugin's loss path when the checkpoint has `rec_loss`).
+
+    Raises:
+        FileNotFoundError: the file does not exist, or the data the model was trained on is no
+            longer where the checkpoint's config says (nothing is downloaded).
+        IsADirectoryError: `model_file` is a folder.
+        ValueError: the file is not a RecBole checkpoint.
+    """
+    checkpoint = read_checkpoint(model_file)
+    config = checkpoint["config"]
+    config["device"] = _device(config, device)
+    data_dir = config["data_path"]
+    if data_dir and not os.path.isdir(data_dir):
+        # RecBole would try to download it and wait for an answer on stdin.
+        raise FileNotFoundError(
+            f"the checkpoint's dataset {config['dataset']!r} is not at {data_dir!r}, where it was when the "
+            "model was trained; the split is rebuilt from that data (nothing is downloaded)"
+        )
+
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    model.eval()
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,59 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.scoring import all_item_scores, batch_scores, choose_score_path, pair_scores
+
+
+def inputs(seed=0, B=6, n=20, N=7, d=5):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    pos = torch.randint(1, n, (B,), generator=g)
+    neg = torch.randint(1, n, (B, N), generator=g)
+    return u, items, pos, neg
+
+
+@pytest.mark.parametrize("score_fn", ["cosine", "dot"])
+def test_full_and_gather_paths_agree_in_value_and_gradient(score_fn):
+    u, items, pos, neg = inputs()
+    out = {}
+    for path in ("full", "gather"):
+        p, n, sim = batch_scores(u, items, pos, neg, score_fn, path, with_item_sim=True)
+        (p.sum() * 0.7 + (n * torch.arange(n.shape[1], dtype=n.dtype)).sum()).backward()
+        out[path] = (p.detach(), n.detach(), sim, u.grad.clone(), items.grad.clone())
+        u.grad = items.grad = None
+    for a, b in zip(out["full"], out["gather"]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("score_fn", ["cosine", "dot"])
+def test_scores_match_a_loop(score_fn):
+    u, items, pos, neg = inputs(1)
+    p, n, sim = batch_scores(u, items, pos, neg, score_fn, "full", with_item_sim=True)
+    f = (lambda a, b: F.cosine_similarity(a, b, dim=0)) if score_fn == "cosine" else (lambda a, b: a @ b)
+    for b in range(u.shape[0]):
+        assert torch.isclose(p[b], f(u[b], items[pos[b]]))
+        for j in range(neg.shape[1]):
+            assert torch.isclose(n[b, j], f(u[b], items[neg[b, j]]))
+            assert torch.isclose(sim[b, j], F.cosine_similarity(items[pos[b]], items[neg[b, j]], dim=0))
+    assert not sim.requires_grad
+
+
+def test_evaluation_scores_use_the_training_score_function():
+    u, items, pos, neg = inputs(2)
+    p, n, _ = batch_scores(u, items, pos, neg, "cosine", "full")
+    full = all_item_scores(u, items, "cosine")
+    torch.testing.assert_close(full.gather(1, neg), n)
+    torch.testing.assert_close(pair_scores(u, items[pos], "cosine"), p)
+    assert full.abs().max() <= 1 + 1e-9
+
+
+def test_score_path_choice_and_bad_path():
+    assert choose_score_path("auto", n_items=1683, num_neg=1000) == "full"
+    assert choose_score_path("auto", n_items=10**6, num_neg=1) == "gather"
+    assert choose_score_path("gather", n_items=10, num_neg=1000) == "gather"
+    u, items, pos, neg = inputs()
+    with pytest.raises(ConfigError, match="score_path='fast'"):
+        batch_scores(u, items, pos, neg, "dot", "fast")
