@@ -14,11 +14,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from recbole.config import Config as RecBoleConfig  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
-from recbole.trainer import Trainer  # noqa: E402
 from recbole.utils import get_model as recbole_get_model, init_seed  # noqa: E402
 
 from recbole_dsl import Config, get_model, get_trainer  # noqa: E402
 from recbole_dsl.compat import graph_compat  # noqa: E402
+from recbole_dsl.trainer import RecLossTrainer  # noqa: E402
 
 BASE = {
     "metrics": ["Recall", "NDCG"],
@@ -45,7 +45,9 @@ def machine() -> str:
 
 
 def recbole_run(model: str, dataset: str = "ml-100k", **kw):
-    """RecBole's own model, trainer and sampler (rec_loss not involved)."""
+    """RecBole's own model class, loss and sampler (rec_loss not involved). The trainer is the
+    plugin's only because RecBole's own cannot reload its checkpoints on torch >= 2.6; with
+    rec_loss unset it trains exactly like RecBole's Trainer."""
     cfg = RecBoleConfig(model=model, dataset=dataset, config_dict={**BASE, **kw})
     init_seed(cfg["seed"], cfg["reproducibility"])
     data = data_preparation(cfg, create_dataset(cfg))
@@ -53,7 +55,7 @@ def recbole_run(model: str, dataset: str = "ml-100k", **kw):
     cls = recbole_get_model(model)
     with graph_compat(cls):
         net = cls(cfg, data[0]._dataset).to(cfg["device"])
-    return cfg, net, Trainer(cfg, net), data
+    return cfg, net, RecLossTrainer(cfg, net), data
 
 
 def plugin_run(model: str, dataset: str = "ml-100k", data=None, **kw):

@@ -19,7 +19,7 @@ from recbole_dsl.adapters import ADAPTERS, REFUSED
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.samplers import SAMPLERS
-from recbole_dsl.scoring import SCORE_FNS, SCORE_PATHS, check_score_fn
+from recbole_dsl.scoring import SCORE_PATHS, check_score_fn
 
 BATCH_MODES = ("interaction", "user")
 

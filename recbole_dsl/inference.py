@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 from recbole.config import Config as RecBoleConfig
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import init_logger, init_seed
 
 from recbole_dsl.compat import load_checkpoint
-from recbole_dsl.model import get_model
+from recbole_dsl.quick_start import prepare
 
 
 def read_checkpoint(model_file) -> dict:
@@ -94,17 +92,7 @@ def load_data_and_model(model_file, device=None):
             "model was trained; the split is rebuilt from that data (nothing is downloaded)"
         )
 
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    logger = getLogger()
-    logger.info(config)
-
-    dataset = create_dataset(config)
-    logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    dataset, model, (train_data, valid_data, test_data) = prepare(config)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     model.eval()

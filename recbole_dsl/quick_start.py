@@ -1,7 +1,6 @@
 """The Python API the command line calls, in the shape of RecBole's run_recbole."""
 from __future__ import annotations
 
-import sys
 from logging import getLogger
 from typing import Optional, Sequence
 
@@ -19,24 +18,32 @@ def quick_start_config_file() -> str:
     return str(properties_dir() / "quick_start.yaml")
 
 
-def build(model=None, dataset=None, config_file_list=None, config_dict=None,
-          cmd_args: Optional[Sequence[str]] = (), quick_start_defaults: bool = True):
-    """Config, data and an initialised model and trainer, ready for trainer.fit()."""
-    files = ([quick_start_config_file()] if quick_start_defaults else []) + list(config_file_list or [])
-    config = Config(model=model, dataset=dataset, config_file_list=files,
-                    config_dict=config_dict, cmd_args=cmd_args)
+def prepare(config):
+    """RecBole's run sequence after the Config: seeds, logger, dataset, split and the model.
+
+    Returns (dataset, model, (train_data, valid_data, test_data))."""
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(config)
     data = create_dataset(config)
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    loaders = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    net = get_model(config["model"])(config, loaders[0]._dataset).to(config["device"])
     logger.info(net)
+    return data, net, loaders
+
+
+def build(model=None, dataset=None, config_file_list=None, config_dict=None,
+          cmd_args: Optional[Sequence[str]] = (), quick_start_defaults: bool = True):
+    """Config, data and an initialised model and trainer, ready for trainer.fit()."""
+    files = ([quick_start_config_file()] if quick_start_defaults else []) + list(config_file_list or [])
+    config = Config(model=model, dataset=dataset, config_file_list=files,
+                    config_dict=config_dict, cmd_args=cmd_args)
+    _, net, loaders = prepare(config)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    return config, net, trainer, (train_data, valid_data, test_data)
+    return config, net, trainer, loaders
 
 
 def run_recbole_dsl(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
