@@ -26,9 +26,12 @@ TRAIN = {"epochs": 100, "stopping_step": 5, "learning_rate": 0.001, "train_batch
          "embedding_size": 64, "neg_num": 256}
 
 # Six trials each: the same budget for both losses.
-SL_GRID = [{"rec_loss": "SL", "loss_tau": t} for t in (0.05, 0.075, 0.1, 0.15, 0.2, 0.3)]
+# Four trials each: the same budget for both losses. SL's grid covers its optimum on this
+# split (validation NDCG@20 rose from tau 0.05 to 0.15 in a first pass); DSL's covers both signs
+# of its branches at the two best base temperatures.
+SL_GRID = [{"rec_loss": "SL", "loss_tau": t} for t in (0.1, 0.15, 0.2, 0.3)]
 DSL_GRID = [{"rec_loss": "DSL", "loss_tau": t, "dsl_kappa": k, "dsl_alpha": 0.5, "dsl_gamma": g}
-            for t in (0.1, 0.2, 0.3) for k, g in ((2.0, 0.5), (-2.0, -0.5))]
+            for t in (0.2, 0.3) for k, g in ((2.0, 0.5), (-2.0, -0.5))]
 
 
 def run(model, data, seed, **kw):

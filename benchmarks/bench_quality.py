@@ -27,13 +27,13 @@ PLUGIN = {**TRAIN, "neg_num": 256, "epochs": 100, "stopping_step": 5}
 # variant -> (fixed keys, grid over which the validation choice is made)
 VARIANTS = {
     "BPR (plugin, 256 negs, dot)": ({"rec_loss": "BPR"}, [{}]),
-    "SL": ({"rec_loss": "SL"}, [{"loss_tau": t} for t in (0.05, 0.1, 0.2)]),
+    "SL": ({"rec_loss": "SL"}, [{"loss_tau": t} for t in (0.1, 0.2)]),
     # BSL: tau2 (negative side) on SL's grid points, tau1 at or above it (c = tau2/tau1 in 0.5..1).
     "BSL per-row": ({"rec_loss": "BSL", "bsl_group_positives": False},
-                    [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.1, 0.1), (0.1, 0.2), (0.2, 0.2))]),
+                    [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25))]),
     "BSL user-grouped": ({"rec_loss": "BSL", "train_batch_mode": "user", "positives_per_user": 4},
-                         [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.1, 0.1), (0.1, 0.2), (0.2, 0.2))]),
-    # PSL's halved convention: 0.05 here is SL's 0.1.
+                         [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25))]),
+    # PSL's halved convention: 0.05 here is SL's 0.1, 0.1 is SL's 0.2.
     "PSL tanh": ({"rec_loss": "PSL", "psl_activation": "tanh"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
     "PSL atan": ({"rec_loss": "PSL", "psl_activation": "atan"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
     "PSL relu": ({"rec_loss": "PSL", "psl_activation": "relu"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
@@ -58,37 +58,54 @@ def main():
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--out", default="bench_out/quality.json")
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--skip-recbole", action="store_true", help="do not train RecBole's own BPR")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--report", default=None, help="only print the table of a (possibly partial) results file")
     args = ap.parse_args()
+    if args.report:
+        print(report(json.load(open(args.report))))
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     seeds = [2020 + i for i in range(args.seeds)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     results = {}
     # RecBole's own BPR model: its sampler (1 negative), its loss, no temperature.
     runs, data = [], None
-    if args.only is None or "RecBole BPR" in args.only:
+    if not args.skip_recbole and (args.only is None or "RecBole BPR" in args.only):
         for s in seeds:
             r, _ = train_eval("recbole", None, s)
             runs.append(r)
             print("RecBole BPR", s, r["test"], r["epochs"], flush=True)
         results["RecBole BPR (own model, 1 neg)"] = {"chosen": {}, "runs": runs, "grid": []}
     _, _, _, data = plugin_run("BPR", rec_loss="SL")  # the same split for every plugin run
-    for name, (fixed, grid) in VARIANTS.items():
-        if args.only is not None and name not in args.only:
-            continue
+    names = [n for n in VARIANTS if args.only is None or n in args.only]
+    # Phase 1: every variant's validation choice (seed 2020); phase 2: the other seeds, round-robin,
+    # so an interrupted run still reports every variant. Results are saved after every run.
+    for name in names:
+        fixed, grid = VARIANTS[name]
         scored = []
         for point in grid:
             r, _ = train_eval("plugin", data, seeds[0], **fixed, **point)
             scored.append((r["valid"]["ndcg@20"], point, r))
             print(name, point, "valid", r["valid"], flush=True)
         _, chosen, first = max(scored, key=lambda x: x[0])
-        runs = [first] + [train_eval("plugin", data, s, **fixed, **chosen)[0] for s in seeds[1:]]
-        results[name] = {"chosen": chosen, "runs": runs, "grid": [(v, p) for v, p, _ in scored]}
-        print(name, "chosen", chosen, [r["test"] for r in runs], flush=True)
+        results[name] = {"chosen": chosen, "runs": [first], "grid": [(v, p) for v, p, _ in scored]}
         json.dump(results, open(args.out, "w"), indent=1)
+    for s in seeds[1:]:
+        for name in names:
+            fixed, _ = VARIANTS[name]
+            r = train_eval("plugin", data, s, **fixed, **results[name]["chosen"])[0]
+            results[name]["runs"].append(r)
+            print(name, s, r["test"], flush=True)
+            json.dump(results, open(args.out, "w"), indent=1)
     json.dump(results, open(args.out, "w"), indent=1)
     print(report(results, seeds))
 
 
-def report(results, seeds):
+def report(results, seeds=None):
     def ms(xs):
         return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.4f}"
 
@@ -102,7 +119,8 @@ def report(results, seeds):
         chosen = ", ".join(f"{k}={v}" for k, v in r["chosen"].items()) or "-"
         lines.append(f"| {name} | {chosen} | {ms(rec)} | {ms(nd)} | {statistics.mean(nd) / ref - 1:+.1%} | "
                      f"{statistics.mean(x['epochs'] for x in r['runs']):.0f} |")
-    return "\n".join(lines) + f"\n\n{len(seeds)} training seeds {seeds[0]}..{seeds[-1]} on one split.\n"
+    n = sorted({len(r["runs"]) for r in results.values()})
+    return "\n".join(lines) + f"\n\nseeds per variant: {n} (2020, 2021, ...), one split.\n"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,17 @@ from recbole_dsl.config import Config
 from recbole_dsl.model import get_model
 from recbole_dsl.trainer import get_trainer
 from recbole_dsl.quick_start import run_recbole_dsl
+from recbole_dsl.inference import load_data_and_model
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "LOSSES", "SAMPLERS", "ADAPTERS", "Config", "get_model", "get_trainer", "run_recbole_dsl"]
+__all__ = ["ConfigError", "LOSSES", "SAMPLERS", "ADAPTERS", "Config", "get_model", "get_trainer", "run_recbole_dsl",
+           "load_data_and_model", "run_tune"]
+
+
+def __getattr__(name):
+    # The Ray Tune search (recbole_dsl.tune) is imported on first use: `import recbole_dsl` stays light.
+    if name == "run_tune":
+        from recbole_dsl.tune import run_tune
+
+        return run_tune
+    raise AttributeError(f"module 'recbole_dsl' has no attribute {name!r}")

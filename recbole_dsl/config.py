@@ -18,7 +18,8 @@ from recbole.utils import ModelType
 from recbole_dsl.adapters import ADAPTERS, REFUSED
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LOSSES
-from recbole_dsl.samplers import SAMPLERS
+from recbole_dsl.protocols import check_protocol_keys
+from recbole_dsl.samplers import SAMPLERS, check_sampler_keys
 from recbole_dsl.scoring import SCORE_PATHS, check_score_fn
 
 BATCH_MODES = ("interaction", "user")
@@ -147,9 +148,11 @@ class Config(RecBoleConfig):
         super()._set_train_neg_sample_args()
 
     def _check_plugin(self):
+        check_protocol_keys(self)  # noise ratios, popularity groups (recbole_dsl/protocols), with or without rec_loss
         if self["rec_loss"] is None:
             return
         settings = RecLossSettings.from_config(self)
+        check_sampler_keys(self)  # neg_pop_alpha, and the sampler's fit with the protocols
         loss = LOSSES.get(settings.loss).from_config(self)  # the loss checks its own keys
         if hasattr(loss, "check_neg_num"):
             loss.check_neg_num(settings.neg_num)

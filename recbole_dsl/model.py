@@ -3,13 +3,16 @@
 `get_model("LightGCN")` returns a subclass of RecBole's LightGCN that keeps its name, so every
 name-based lookup in RecBole (model YAML defaults, autoencoder dataloaders, <Name>Trainer)
 keeps working. With `rec_loss` unset the subclass only carries the compatibility fixes and
-trains exactly like the original; with `rec_loss` set, calculate_loss draws [B, N] negatives
-on the device, scores them through the model's adapter and applies the chosen loss, and
-evaluation scores with the same score function.
+trains exactly like the original; with `rec_loss` set, calculate_loss takes the batch's
+(user, positive) rows, draws [B, N] negatives on the device, scores them with one forward pass
+of the model through its adapter (adapters.py: embedding, logits or pair kind), applies the
+chosen loss and adds the model's own auxiliary terms. Evaluation of embedding models scores
+with the same score function; autoencoders and pair scorers evaluate with their own scores.
 """
 from __future__ import annotations
 
 import functools
+from logging import getLogger
 from typing import Dict, Optional
 
 import torch
@@ -20,14 +23,17 @@ from recbole_dsl.adapters import ADAPTERS
 from recbole_dsl.compat import graph_compat
 from recbole_dsl.config import RecLossSettings
 from recbole_dsl.losses import LOSSES, LossContext
-from recbole_dsl.samplers import PositiveSet, build_sampler
-from recbole_dsl.scoring import all_item_scores, batch_scores, choose_score_path, pair_scores
+from recbole_dsl.samplers import sampler_from_config
+from recbole_dsl.scoring import all_item_scores, choose_score_path, pair_scores
 
 
 class RecLossRecommender(GeneralRecommender):
     """Mixin placed in front of a RecBole general model class (see get_model)."""
 
     def __init__(self, config, dataset):
+        if config["rec_loss"] is not None:
+            # Settings of the model the loss swap cannot apply to fail before it is built.
+            ADAPTERS.get(config["model"]).check_config(config)
         with graph_compat(type(self)):
             super().__init__(config, dataset)
         self.rec_settings: Optional[RecLossSettings] = None
@@ -36,13 +42,22 @@ class RecLossRecommender(GeneralRecommender):
             return
         s = self.rec_settings = RecLossSettings.from_config(config)
         self.adapter = ADAPTERS.get(config["model"])
+        self.adapter.setup(self, dataset, s)
         self.rec_loss_fn = LOSSES.get(s.loss).from_config(config)
-        positives = None
-        if s.exclude_positives:
-            inter = dataset.inter_feat
-            positives = PositiveSet(inter[self.USER_ID], inter[self.ITEM_ID], self.n_items, self.n_users)
-        self.neg_sampler = build_sampler(s.neg_sampler, self.n_items, s.neg_num, positives).to(self.device)
-        self.score_path = choose_score_path(s.score_path, self.n_items, s.neg_num)
+        # neg_sampler with its keys, training positives to exclude, training-split item counts,
+        # and the false-negative noise protocol (recbole_dsl/samplers/factory.py)
+        self.neg_sampler = sampler_from_config(config, dataset, self.n_items, self.n_users).to(self.device)
+        # Embedding models choose their score path; pair scorers only ever score the 1 + N
+        # columns of a row (gather); autoencoders (and user-level batches) output whole rows (full).
+        if self.adapter.kind == "pair":
+            self.score_path = "gather"
+        elif self.adapter.kind == "logits" or self.adapter.user_batches:
+            self.score_path = "full"
+        else:
+            self.score_path = choose_score_path(s.score_path, self.n_items, s.neg_num)
+        if self.adapter.kind != "embedding":
+            getLogger().info(f"{config['model']}: the loss takes the model's own scores ({self.adapter.kind}); "
+                             f"score_fn={s.score_fn!r} does not apply, evaluation is the model's own")
         self.last_diagnostics: Dict[str, float] = {}
 
     # -- training -------------------------------------------------------------------------
@@ -52,49 +67,56 @@ class RecLossRecommender(GeneralRecommender):
         self._eval_reps = None
         return super().train(mode)
 
-    def calculate_loss(self, interaction):
+    def calculate_loss(self, interaction, **kwargs):
+        # kwargs: what a RecBole trainer passes on (RecVAETrainer's encoder_flag).
         if self.rec_settings is None:
-            return super().calculate_loss(interaction)
+            return super().calculate_loss(interaction, **kwargs)
         self._eval_reps = None
-        if getattr(self, "restore_user_e", None) is not None or getattr(self, "restore_item_e", None) is not None:
-            # The model's own evaluation cache is stale after a step; its own calculate_loss
-            # clears it, and we replace that method.
-            self.restore_user_e, self.restore_item_e = None, None
-        user = interaction[self.USER_ID]
-        pos_item = interaction[self.ITEM_ID]
-        neg_item, neg_log_q = self.neg_sampler.sample(user, pos_item)
-        user_e, item_table = self.adapter.reps(self, user)
-        pos, neg, item_sim = batch_scores(
-            user_e, item_table, pos_item, neg_item,
-            score_fn=self.rec_settings.score_fn, path=self.score_path,
-            with_item_sim=getattr(self.rec_loss_fn, "needs_item_sim", False),
+        # The model's own evaluation caches (restore_user_e, ...) are stale after a step; its own
+        # calculate_loss clears them, and we replace that method.
+        self.adapter.clear_caches(self)
+        rows = self.adapter.rows(self, interaction)  # (user, positive) rows; user batches expand here
+        user, pos_item = rows.user, rows.pos_item
+        negs = self.neg_sampler.sample(user, pos_item)
+        neg_item, neg_log_q = negs.items, negs.log_q
+        out = self.adapter.forward(self, rows, neg_item, **kwargs)  # one forward pass of the model
+        pos, neg, item_sim = self.adapter.scores(
+            self, out, rows, neg_item, self.rec_settings.score_fn, self.score_path,
+            getattr(self.rec_loss_fn, "needs_item_sim", False),
         )
-        ctx = LossContext(user=user, neg_log_q=neg_log_q, item_sim=item_sim)
+        group = user if rows.group is None else rows.group  # BSL's positive groups
+        ctx = LossContext(user=group, neg_log_q=neg_log_q, item_sim=item_sim, neg_mask=negs.mask)
         loss = self.rec_loss_fn(pos, neg, ctx)
-        aux = self.adapter.aux_losses(self, user, pos_item, neg_item)
+        scale = self.adapter.rec_scale(self, rows)  # the model's own reduction (mean, sum, per user)
+        if scale != 1.0:
+            loss = loss * scale
+        aux = self.adapter.aux_losses(self, out, rows, neg_item)
         return (loss, *aux) if aux else loss
 
     # -- evaluation -----------------------------------------------------------------------
+    # Embedding models score with the plugin's score function; autoencoders and pair scorers
+    # keep the model's own full_sort_predict / predict (their scores are the model's outputs).
     def _all_reps(self):
         if self._eval_reps is None:
             with torch.no_grad():
                 self._eval_reps = self.adapter.all_reps(self)
         return self._eval_reps
 
-    def full_sort_predict(self, interaction):
-        if self.rec_settings is None:
-            return super().full_sort_predict(interaction)
+    def _eval_user_item(self, user):
         users, items = self._all_reps()
-        user = interaction[self.USER_ID]
-        return all_item_scores(users[user], items, self.rec_settings.eval_score_fn).view(-1)
+        return (users[user] if users is not None else self.adapter.user_reps(self, user)), items
+
+    def full_sort_predict(self, interaction):
+        if self.rec_settings is None or self.adapter.kind != "embedding":
+            return super().full_sort_predict(interaction)
+        user_e, items = self._eval_user_item(interaction[self.USER_ID])
+        return all_item_scores(user_e, items, self.rec_settings.eval_score_fn).view(-1)
 
     def predict(self, interaction):
-        if self.rec_settings is None:
+        if self.rec_settings is None or self.adapter.kind != "embedding":
             return super().predict(interaction)
-        users, items = self._all_reps()
-        return pair_scores(
-            users[interaction[self.USER_ID]], items[interaction[self.ITEM_ID]], self.rec_settings.eval_score_fn
-        )
+        user_e, items = self._eval_user_item(interaction[self.USER_ID])
+        return pair_scores(user_e, items[interaction[self.ITEM_ID]], self.rec_settings.eval_score_fn)
 
 
 @functools.lru_cache(maxsize=None)

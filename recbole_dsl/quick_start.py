@@ -4,10 +4,11 @@ from __future__ import annotations
 from logging import getLogger
 from typing import Optional, Sequence
 
-from recbole.data import create_dataset, data_preparation
+from recbole.data import create_dataset
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_dsl.config import Config, properties_dir
+from recbole_dsl.protocols.data import data_preparation  # RecBole's, plus the noise protocols
 from recbole_dsl.model import get_model
 from recbole_dsl.trainer import get_trainer
 

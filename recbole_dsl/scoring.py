@@ -7,6 +7,10 @@ Two ways to get the scores of B rows against their N negatives:
   Costs B * N * d but through a memory-bound gather; it wins only when N is much smaller
   than the catalogue.
 `choose_score_path` decides from the sizes so users never have to.
+
+A third case needs no choice: negatives shared by every row (the `shared` and `in_batch`
+samplers pass them as an expanded [B, N] view of one [N] set, row stride 0) are scored with one
+[B, d] x [d, N] product, whatever the path; it costs B * N * d as a dense GEMM, cheaper than both.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
+from recbole_dsl.samplers.base import is_shared
 
 SCORE_FNS = ("cosine", "dot")
 SCORE_PATHS = ("auto", "full", "gather")
@@ -53,12 +58,24 @@ def batch_scores(
     with_item_sim: bool = False,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Scores of each row's positive [B] and negatives [B, N], and (optionally, without gradient)
-    the cosine similarity of the row's positive item to each of its negatives [B, N]."""
+    the cosine similarity of the row's positive item to each of its negatives [B, N].
+
+    ``neg_item`` [B, N] per row, or one [N] set expanded over the rows (``is_shared``), which is
+    scored with one [B, d] x [d, N] product (``path`` does not matter then)."""
     u = _prep(user_e, score_fn)
     # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
     items = _prep(item_table, score_fn)
     item_sim = None
-    if path == "full":
+    if is_shared(neg_item):
+        shared = neg_item[0]
+        neg_e = items[shared]  # [N, d]
+        pos = (u * items[pos_item]).sum(-1)
+        neg = u @ neg_e.t()
+        if with_item_sim:
+            with torch.no_grad():
+                items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
+                item_sim = items_c[pos_item] @ items_c[shared].t()
+    elif path == "full":
         # One gather for positives and negatives: one [B, n_items] gradient buffer, not two.
         cols = torch.cat([pos_item.unsqueeze(1), neg_item], dim=1)
         picked = (u @ items.t()).gather(1, cols)  # [B, 1 + N]

@@ -14,10 +14,11 @@ import os
 import uuid
 from collections import defaultdict
 
-from recbole.trainer import Trainer
+from recbole.trainer import RecVAETrainer, Trainer
 from recbole.utils import WandbLogger, get_trainer as recbole_get_trainer, set_color
 
 from recbole_dsl.compat import load_checkpoint
+from recbole_dsl.protocols.collector import Collector
 from recbole_dsl.data import UserGroupedTrainDataLoader
 
 
@@ -37,6 +38,9 @@ class RecLossWandbLogger(WandbLogger):
 class RecLossTrainer(Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
+        # RecBole's collector crashes with its own popularity metrics (ItemCoverage, ...) and lacks
+        # the per-group counts of PopGroupNDCG / PopGroupRecall (recbole_dsl/protocols/collector.py).
+        self.eval_collector = Collector(config)
         if config["log_wandb"]:
             # The run RecBole's logger started is reused (wandb.init runs once per process).
             self.wandblogger = RecLossWandbLogger(config)
@@ -51,7 +55,11 @@ class RecLossTrainer(Trainer):
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         s = self.rec_settings
-        if s is not None and s.train_batch_mode == "user" and not isinstance(train_data, UserGroupedTrainDataLoader):
+        # Models trained on RecBole's UserDataLoader (autoencoders, ENMF) already get every
+        # positive of a batch user in the batch: their loader is left alone.
+        user_batches = getattr(getattr(self.model, "adapter", None), "user_batches", False)
+        if (s is not None and s.train_batch_mode == "user" and not user_batches
+                and not isinstance(train_data, UserGroupedTrainDataLoader)):
             train_data = UserGroupedTrainDataLoader.wrap(train_data, s.positives_per_user)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
@@ -70,7 +78,13 @@ class RecLossTrainer(Trainer):
             count += 1
             return out
 
+        self._inner_parts = []
         total = super()._train_epoch(train_data, epoch_idx, tracked, show_progress)
+        if self._inner_parts and not isinstance(total, tuple):
+            # A RecBole trainer that adds up inner passes as floats (RecVAETrainer: its decoder
+            # passes come last): log the parts of those passes, which sum to its total.
+            last = self._inner_parts[-int(getattr(self, "n_dec_epochs", 1)):]
+            total = tuple(map(sum, zip(*last)))
         if sums:
             diag = {k: v / count for k, v in sums.items()}
             self.model.last_diagnostics = diag
@@ -119,11 +133,26 @@ class RecLossTrainer(Trainer):
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
 
+class _PartsCollector(Trainer):
+    """Placed under RecVAETrainer in the plugin's class (its _train_epoch sums its encoder and
+    decoder passes as floats, which a multi-part loss would break): each pass's parts are summed
+    for it and kept, so RecLossTrainer._train_epoch can log them. A single-part total (the
+    built-in loss) passes through untouched."""
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        total = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        if isinstance(total, tuple) and isinstance(getattr(self, "_inner_parts", None), list):
+            self._inner_parts.append(total)
+            return sum(total)
+        return total
+
+
 @functools.lru_cache(maxsize=None)
 def _plugin_trainer(base):
     if base is Trainer:
         return RecLossTrainer
-    return type(base.__name__, (RecLossTrainer, base), {"__module__": __name__, "__qualname__": base.__qualname__})
+    bases = (RecLossTrainer, base, _PartsCollector) if base is RecVAETrainer else (RecLossTrainer, base)
+    return type(base.__name__, bases, {"__module__": __name__, "__qualname__": base.__qualname__})
 
 
 def get_trainer(model_type, model_name):

@@ -26,7 +26,7 @@ BAD = [
     (["--neg_num=0"], "neg_num=0", ">= 1"),
     (["--neg_num=1682"], "neg_num=1682", "smaller than the number of items (1682)"),
     (["--model=Pop"], "model='Pop'", "'LightGCN'"),
-    (["--model=NeuMF"], "model='NeuMF'", "'LightGCN'"),
+    (["--model=DiffRec"], "model='DiffRec'", "diffusion model"),
     (["--dataset=nosuch"], "dataset='nosuch'", "does not exist"),
 ]
 

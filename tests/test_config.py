@@ -72,7 +72,8 @@ def test_bad_values_fail_before_training(kw, pattern):
     ("ItemKNN", "not trained by gradient"),
     ("GCMC", "rating classification"),
     ("SASRec", "sequential model"),
-    ("NeuMF", "supported with rec_loss"),
+    ("AsymKNN", "not trained by gradient"),
+    ("DiffRec", "diffusion model"),
 ])
 def test_unsupported_models_say_which_are_supported(model, reason):
     with pytest.raises(ConfigError, match=r"model='%s'" % model) as e:

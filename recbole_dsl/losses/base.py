@@ -8,7 +8,7 @@ recommender reads the YAML keys once and builds the loss from plain arguments, u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional
+from typing import ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,10 @@ class LossContext:
     neg_log_q: Optional[Tensor] = None
     # [B, N]: similarity of the row's positive item to each negative item (DSL's reweighting).
     item_sim: Optional[Tensor] = None
+    # [B, N] bool: True for valid negatives (in_batch / shared samplers mask a row's own positive
+    # and its training positives). Masked negatives contribute nothing; a row with no valid
+    # negative contributes nothing to the batch loss. None: all valid.
+    neg_mask: Optional[Tensor] = None
 
 
 class RecLoss(nn.Module):
@@ -48,7 +52,14 @@ class RecLoss(nn.Module):
             raise ValueError(
                 f"expected pos [B] and neg [B, N] scores, got {tuple(pos.shape)} and {tuple(neg.shape)}"
             )
-        return self.compute(pos, neg, ctx or LossContext()).mean()
+        ctx = ctx or LossContext()
+        per_row = self.compute(pos, neg, ctx)
+        if ctx.neg_mask is None:
+            return per_row.mean()
+        # The mean over the rows that have at least one valid negative (the others are 0 and
+        # carry no gradient); no host synchronisation.
+        rows = ctx.neg_mask.any(dim=1)
+        return (per_row * rows).sum() / rows.sum().clamp_min(1)
 
     def diagnostics(self) -> Dict[str, Tensor]:
         """Figures of the last batch worth logging (e.g. DSL's temperature spread); none by default."""
@@ -57,6 +68,50 @@ class RecLoss(nn.Module):
     @classmethod
     def from_config(cls, cfg) -> "RecLoss":
         return cls(**{arg: cfg[key] for arg, key in cls.params.items()})
+
+
+def check_mask(neg: Tensor, neg_mask: Optional[Tensor]) -> None:
+    if neg_mask is not None and (neg_mask.shape != neg.shape or neg_mask.dtype != torch.bool):
+        raise ValueError(
+            f"neg_mask must be a bool tensor of the shape of neg {tuple(neg.shape)}, got "
+            f"{neg_mask.dtype} {tuple(neg_mask.shape)}"
+        )
+
+
+def prepare_mask(neg: Tensor, neg_mask: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """(mask, rows): the mask with the rows that have no valid negative set all-valid (their value
+    is discarded; this keeps logsumexp away from all -inf rows, whose backward would be NaN), and
+    the [B] bool of rows with at least one valid negative. (None, None) without a mask."""
+    if neg_mask is None:
+        return None, None
+    check_mask(neg, neg_mask)
+    rows = neg_mask.any(dim=1)
+    return neg_mask | ~rows.unsqueeze(1), rows
+
+
+def masked_logsumexp(x: Tensor, mask: Optional[Tensor], dim: int = 1) -> Tensor:
+    """logsumexp over the valid entries (mask True); plain logsumexp without a mask."""
+    if mask is None:
+        return torch.logsumexp(x, dim=dim)
+    return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=dim)
+
+
+def masked_lme(x: Tensor, mask: Optional[Tensor], dim: int = 1) -> Tensor:
+    """log-mean-exp over the valid entries (the mean divides by the number of valid entries)."""
+    if mask is None:
+        return lme(x, dim=dim)
+    return masked_logsumexp(x, mask, dim) - torch.log(mask.sum(dim=dim).to(x.dtype))
+
+
+def masked_mean(x: Tensor, mask: Optional[Tensor], dim: int = 1) -> Tensor:
+    if mask is None:
+        return x.mean(dim=dim)
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=dim) / mask.sum(dim=dim).to(x.dtype)
+
+
+def zero_empty_rows(per_row: Tensor, rows: Optional[Tensor]) -> Tensor:
+    """Rows without a valid negative contribute 0 (and no gradient)."""
+    return per_row if rows is None else torch.where(rows, per_row, torch.zeros_like(per_row))
 
 
 def lme(x: Tensor, dim: int = -1) -> Tensor:

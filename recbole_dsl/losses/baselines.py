@@ -1,28 +1,35 @@
 """Baselines under the same protocol as the softmax losses: BPR and BCE."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch.nn.functional as F
 from torch import Tensor
 
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_mean, prepare_mask, zero_empty_rows
 from recbole_dsl.losses.sl import check_positive, check_scores
 
 
-def bpr_loss(pos: Tensor, neg: Tensor, tau: float = 1.0) -> Tensor:
+def bpr_loss(pos: Tensor, neg: Tensor, tau: float = 1.0, neg_mask: Optional[Tensor] = None) -> Tensor:
     """BPR (Rendle et al., UAI 2009), per row: ``l_b = mean_j -log sigmoid((s_p - s_n[j]) / tau)``,
     computed as softplus. Averaged over the N negatives, so BPR uses the same sampler as the
-    softmax losses (the fair comparison of the BSL/PSL papers)."""
+    softmax losses (the fair comparison of the BSL/PSL papers). With ``neg_mask`` ([B, N] bool,
+    True = valid) the mean runs over the valid negatives; a row with none gives 0."""
     check_scores(pos, neg)
-    return F.softplus((neg - pos.unsqueeze(1)) / tau).mean(dim=1)
+    mask, rows = prepare_mask(neg, neg_mask)
+    return zero_empty_rows(masked_mean(F.softplus((neg - pos.unsqueeze(1)) / tau), mask, dim=1), rows)
 
 
-def bce_loss(pos: Tensor, neg: Tensor, tau: float = 1.0) -> Tensor:
+def bce_loss(pos: Tensor, neg: Tensor, tau: float = 1.0, neg_mask: Optional[Tensor] = None) -> Tensor:
     """Pointwise binary cross-entropy, per row:
     ``l_b = -log sigmoid(s_p / tau) + mean_j -log(1 - sigmoid(s_n[j] / tau))``
     = ``softplus(-s_p / tau) + mean_j softplus(s_n[j] / tau)`` (positive term + mean negative
-    term, so the N negatives do not outweigh the positive)."""
+    term, so the N negatives do not outweigh the positive). With ``neg_mask`` ([B, N] bool,
+    True = valid) the mean runs over the valid negatives; a row with none gives 0 (the whole row
+    is left out, its positive term too, as for every loss)."""
     check_scores(pos, neg)
-    return F.softplus(-pos / tau) + F.softplus(neg / tau).mean(dim=1)
+    mask, rows = prepare_mask(neg, neg_mask)
+    return zero_empty_rows(F.softplus(-pos / tau) + masked_mean(F.softplus(neg / tau), mask, dim=1), rows)
 
 
 @LOSSES.register("BPR")
@@ -37,7 +44,7 @@ class BPRLoss(RecLoss):
         self.tau = check_positive("loss_tau", tau)
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        return bpr_loss(pos, neg, self.tau)
+        return bpr_loss(pos, neg, self.tau, ctx.neg_mask)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}"
@@ -55,7 +62,7 @@ class BCELoss(RecLoss):
         self.tau = check_positive("loss_tau", tau)
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        return bce_loss(pos, neg, self.tau)
+        return bce_loss(pos, neg, self.tau, ctx.neg_mask)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}"

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, lme
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_lme, prepare_mask, zero_empty_rows
 from recbole_dsl.losses.sl import check_positive, check_scores
 
 
@@ -30,6 +30,7 @@ def bsl_loss(
     tau_pos: float,
     tau_neg: float,
     group: Optional[Tensor] = None,
+    neg_mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Bilateral softmax, per row (no reduction), BSL paper (arXiv 2312.12882) divided by tau1:
     ``l_b = -LME_{k in S_b}(s_p[k] / tau1) + (tau2 / tau1) * LME_j(s_n[b, j] / tau2)``,
@@ -38,8 +39,13 @@ def bsl_loss(
     ``group=None`` means S_b = {b}: then with tau1 == tau2 this is exactly SL minus log N.
     BSL differs from a rescaled SL only when a batch holds several positives of one user: the
     positive side then weights a user's higher-scoring positives more (weights ~ exp(s_p / tau1)).
+
+    ``neg_mask`` ([B, N] bool, True = valid): the negative LME runs over the valid negatives only
+    (mean over their number); a row with no valid negative gives 0. The positive side still
+    counts every row's positive.
     """
     check_scores(pos, neg)
+    mask, rows = prepare_mask(neg, neg_mask)
     x = pos / tau_pos
     if group is None:
         pos_term = x
@@ -47,7 +53,7 @@ def bsl_loss(
         if group.shape != pos.shape:
             raise ValueError(f"group must have the shape of pos {tuple(pos.shape)}, got {tuple(group.shape)}")
         pos_term = grouped_lme(x, group)
-    return -pos_term + (tau_neg / tau_pos) * lme(neg / tau_neg, dim=1)
+    return zero_empty_rows(-pos_term + (tau_neg / tau_pos) * masked_lme(neg / tau_neg, mask, dim=1), rows)
 
 
 @LOSSES.register("BSL")
@@ -67,7 +73,7 @@ class BSLLoss(RecLoss):
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         group = ctx.user if self.group_positives else None
-        return bsl_loss(pos, neg, self.tau_pos, self.tau_neg, group)
+        return bsl_loss(pos, neg, self.tau_pos, self.tau_neg, group, ctx.neg_mask)
 
     def extra_repr(self) -> str:
         return f"tau_neg={self.tau_neg}, tau_pos={self.tau_pos}, group_positives={self.group_positives}"

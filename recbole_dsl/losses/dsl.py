@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, prepare_mask
 
 
 def _check_scores(pos: Tensor, neg: Tensor) -> None:
@@ -51,12 +51,15 @@ def _check_scores(pos: Tensor, neg: Tensor) -> None:
 
 @torch.no_grad()
 def _log_weights(
-    neg: Tensor, item_sim: Optional[Tensor], kappa: float, alpha: float, max_weight: Optional[float]
+    neg: Tensor, item_sim: Optional[Tensor], kappa: float, alpha: float, max_weight: Optional[float],
+    mask: Optional[Tensor] = None, n_valid: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Log weights as (u [B, N], o [B]) with log w = u + o[:, None]; no gradient.
 
     exp(log w) has mean one per row (and max <= max_weight if set). Keeping the per-row
     normaliser o separate lets the loss add it after the logsumexp (one [B, N] pass fewer).
+    With a mask, masked entries get log w = -inf and the mean one is over the valid entries
+    (n_valid [B] of them).
     """
     n = neg.shape[1]
     if alpha >= 1.0:
@@ -72,19 +75,24 @@ def _log_weights(
         sim = item_sim.detach().to(neg.dtype)
         a = torch.lerp(sim, neg.detach(), alpha) if alpha > 0 else sim
     u = kappa * a
-    o = math.log(n) - torch.logsumexp(u, dim=1)  # log w = log(N * softmax(u))
+    if mask is None:
+        o = math.log(n) - torch.logsumexp(u, dim=1)  # log w = log(N * softmax(u))
+    else:
+        u = u.masked_fill(~mask, float("-inf"))
+        o = torch.log(n_valid.to(u.dtype)) - torch.logsumexp(u, dim=1)
     if max_weight is not None and max_weight < n:  # a weight never exceeds N
-        u = _cap_log_weights(u + o.unsqueeze(1), float(max_weight))
+        u = _cap_log_weights(u + o.unsqueeze(1), float(max_weight), None if mask is None else n_valid)
         o = torch.zeros_like(o)
     return u, o
 
 
-def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
+def _cap_log_weights(log_w: Tensor, cap: float, n_valid: Optional[Tensor] = None) -> Tensor:
     """Exact water-filling in log space: w = min(c * w0, cap) with c per row such that mean(w) = 1.
 
     Sorted descending v_0 >= v_1 >= ..., clipping the top k entries needs
     c_k = (N - k * cap) / sum_{i >= k} exp(v_i); the answer is the smallest k with
     c_k * exp(v_k) <= cap (k = 0: nothing to clip, c = 1). Requires cap >= 1.
+    With ``n_valid`` [B] (masked entries are -inf and sort last) N is each row's valid count.
     """
     n = log_w.shape[1]
     log_cap = math.log(cap)
@@ -92,7 +100,7 @@ def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
     # log of the suffix sums sum_{i >= k} exp(v_i)
     log_suffix = torch.logcumsumexp(v.flip(1), dim=1).flip(1)
     k = torch.arange(n, device=log_w.device, dtype=log_w.dtype)
-    budget = n - k * cap  # N - k * cap, must stay > 0
+    budget = (n if n_valid is None else n_valid.to(log_w.dtype).unsqueeze(1)) - k * cap  # N - k * cap, must stay > 0
     log_c = torch.log(budget.clamp_min(torch.finfo(log_w.dtype).tiny)) - log_suffix
     tol = 8 * torch.finfo(log_w.dtype).eps * max(1.0, abs(log_cap))
     valid = (log_c + v <= log_cap + tol) & (budget > 0)
@@ -105,29 +113,53 @@ def _cap_log_weights(log_w: Tensor, cap: float) -> Tensor:
 @torch.no_grad()
 def _log_temperatures(
     pos: Tensor, neg: Tensor, d: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float,
-    eps: float,
+    eps: float, mask: Optional[Tensor] = None, rows: Optional[Tensor] = None,
 ) -> Tensor:
     """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau.
-    ``d`` is neg - pos[:, None] (reused when the slate is all N negatives)."""
+    ``d`` is neg - pos[:, None] (reused when the slate is all N negatives).
+
+    With a mask the slate is the min(K, valid) highest-scoring valid negatives, and the batch
+    statistics (standardisation, geometric mean) run over the rows with a valid negative
+    (``rows``); the other rows get tau (their loss is discarded)."""
     b, n = neg.shape
     log_tau = math.log(tau)
     k = n if slate_size is None else int(slate_size)
+    if mask is not None:
+        k = min(k, n)  # masked rows use min(K, valid negatives) anyway (in_batch: N is the batch size)
     if not 1 <= k <= n:
         raise ConfigError("dsl_slate_size", slate_size, f"an integer in [1, neg_num={n}]")
-    if b == 1:  # z = 0 for a single row
-        return neg.new_full((1,), log_tau)
+    if mask is None:
+        if b == 1:  # z = 0 for a single row
+            return neg.new_full((1,), log_tau)
+        if k == n:
+            slate_d = d.detach()
+        else:  # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
+            slate_d = torch.topk(neg.detach(), k, dim=1, sorted=False).values - pos.detach().unsqueeze(1)
+        intensity = torch.sigmoid(slate_d * (1.0 / tau)).mean(dim=1)
+        mean = intensity.mean()
+        std = intensity.std(unbiased=False)
+        z = (intensity - mean) / (std + eps)
+        log_rho = math.log(tau_range)
+        log_tau_b = torch.clamp(log_tau + gamma * z, log_tau - log_rho, log_tau + log_rho)
+        # rescale after the clip so that the batch's geometric mean is exactly tau
+        return log_tau_b - (log_tau_b.mean() - log_tau)
     if k == n:
-        slate_d = d.detach()
-    else:  # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
-        slate_d = torch.topk(neg.detach(), k, dim=1, sorted=False).values - pos.detach().unsqueeze(1)
-    intensity = torch.sigmoid(slate_d * (1.0 / tau)).mean(dim=1)
-    mean = intensity.mean()
-    std = intensity.std(unbiased=False)
-    z = (intensity - mean) / (std + eps)
+        sig = torch.sigmoid(d.detach() * (1.0 / tau)) * mask
+        intensity = sig.sum(dim=1) / mask.sum(dim=1).to(sig.dtype)
+    else:
+        top = torch.topk(neg.detach().masked_fill(~mask, float("-inf")), k, dim=1, sorted=False).values
+        in_slate = torch.isfinite(top)
+        sig = torch.sigmoid((top - pos.detach().unsqueeze(1)) * (1.0 / tau)) * in_slate
+        intensity = sig.sum(dim=1) / in_slate.sum(dim=1).clamp_min(1).to(sig.dtype)
+    w = rows.to(intensity.dtype)
+    count = w.sum().clamp_min(1)
+    mean = (intensity * w).sum() / count
+    std = torch.sqrt((((intensity - mean) ** 2) * w).sum() / count)
+    z = torch.where(rows, (intensity - mean) / (std + eps), torch.zeros_like(intensity))
     log_rho = math.log(tau_range)
     log_tau_b = torch.clamp(log_tau + gamma * z, log_tau - log_rho, log_tau + log_rho)
-    # rescale after the clip so that the batch's geometric mean is exactly tau
-    return log_tau_b - (log_tau_b.mean() - log_tau)
+    shift = ((log_tau_b * w).sum() / count - log_tau) * (w.sum() > 1)  # one valid row: z = 0 already
+    return torch.where(rows, log_tau_b - shift, torch.full_like(log_tau_b, log_tau))
 
 
 def _dsl_parts(
@@ -142,22 +174,34 @@ def _dsl_parts(
     tau_range: float,
     max_weight: Optional[float],
     eps: float,
+    neg_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tuple[Tensor, Tensor]]]:
     """(per-row loss [B], log tau_b [B] or None, (u [B, N], o [B]) or None); None = branch inactive.
-    The log weights are u + o[:, None] (see `_log_weights`)."""
+    The log weights are u + o[:, None] (see `_log_weights`). With ``neg_mask`` masked negatives
+    are left out of the logsumexp, the weights (mean one over the valid ones), the slate and N."""
     _check_scores(pos, neg)
     n = neg.shape[1]
+    mask, rows = prepare_mask(neg, neg_mask)
+    n_valid = None if mask is None else mask.sum(dim=1)
     d = neg - pos.unsqueeze(1)
-    log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight) if kappa != 0 else None
-    log_tau_b = _log_temperatures(pos, neg, d, tau, slate_size, gamma, tau_range, eps) if gamma != 0 else None
+    log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid) if kappa != 0 else None
+    log_tau_b = (_log_temperatures(pos, neg, d, tau, slate_size, gamma, tau_range, eps, mask, rows)
+                 if gamma != 0 else None)
     inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b).unsqueeze(1)
+    log_n = math.log(n) if mask is None else torch.log(n_valid.to(d.dtype))
     if log_w is None:
         logits = d / tau if inv_tau is None else d * inv_tau
-        return torch.logsumexp(logits, dim=1) - math.log(n), log_tau_b, None
-    u, o = log_w
-    # d / tau_b + u in one fused kernel (one [B, N] temporary fewer)
-    logits = torch.add(u, d, alpha=1.0 / tau) if inv_tau is None else torch.addcmul(u, d, inv_tau)
-    return torch.logsumexp(logits, dim=1) + (o - math.log(n)), log_tau_b, log_w
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        loss = torch.logsumexp(logits, dim=1) - log_n
+    else:
+        u, o = log_w  # u is already -inf at masked entries
+        # d / tau_b + u in one fused kernel (one [B, N] temporary fewer)
+        logits = torch.add(u, d, alpha=1.0 / tau) if inv_tau is None else torch.addcmul(u, d, inv_tau)
+        loss = torch.logsumexp(logits, dim=1) + (o - log_n)
+    if rows is not None:
+        loss = torch.where(rows, loss, torch.zeros_like(loss))
+    return loss, log_tau_b, log_w
 
 
 def dsl_loss(
@@ -173,6 +217,7 @@ def dsl_loss(
     max_weight: Optional[float] = None,
     eps: float = 1e-6,
     return_stats: bool = False,
+    neg_mask: Optional[Tensor] = None,
 ):
     """Dual-scale softmax, per row (no reduction):
     ``l_b = logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) - log N``.
@@ -181,12 +226,14 @@ def dsl_loss(
     (tau_b = tau); with both off this is SL minus log N. ``item_sim`` [B, N] (similarity of the
     row's positive item to each negative) is needed when ``kappa != 0`` and ``alpha < 1``.
     ``slate_size=None`` uses all N negatives as the slate. No gradient flows through w or tau_b.
+    ``neg_mask`` ([B, N] bool, True = valid): masked negatives take no part (logsumexp, weights,
+    slate, N); a row with no valid negative gives 0 and is left out of the batch statistics.
 
     With ``return_stats=True`` returns ``(loss, {"tau_b": [B], "w": [B, N]})``, both detached
     (constant tau / ones for an inactive branch).
     """
     loss, log_tau_b, log_w = _dsl_parts(
-        pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps
+        pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps, neg_mask
     )
     if not return_stats:
         return loss
@@ -283,6 +330,7 @@ class DSLLoss(RecLoss):
         self.needs_item_sim = self.eff_kappa != 0 and self.alpha < 1
         self._last_log_tau_b: Optional[Tensor] = None
         self._last_log_w: Optional[Tuple[Tensor, Tensor]] = None
+        self._last_masked = False
 
     def check_neg_num(self, neg_num: int) -> None:
         """Raise ConfigError when the slate is larger than the number of sampled negatives."""
@@ -290,7 +338,7 @@ class DSLLoss(RecLoss):
             raise ConfigError("dsl_slate_size", self.slate_size, f"an integer in [1, neg_num={neg_num}]")
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        if self.eff_gamma != 0:
+        if self.eff_gamma != 0 and ctx.neg_mask is None:
             self.check_neg_num(neg.shape[1])
         if self.needs_item_sim and ctx.item_sim is None:
             raise ValueError(
@@ -298,11 +346,12 @@ class DSLLoss(RecLoss):
             )
         loss, log_tau_b, log_w = _dsl_parts(
             pos, neg, self.tau, ctx.item_sim, self.eff_kappa, self.alpha, self.slate_size,
-            self.eff_gamma, self.tau_range, self.max_weight, 1e-6,
+            self.eff_gamma, self.tau_range, self.max_weight, 1e-6, ctx.neg_mask,
         )
         # keep references only (detached, no copies); the summaries are computed on demand
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
         self._last_log_w = log_w  # (u, o), both already detached
+        self._last_masked = ctx.neg_mask is not None
         return loss
 
     def diagnostics(self) -> Dict[str, Tensor]:
@@ -312,14 +361,19 @@ class DSLLoss(RecLoss):
             out.update(dsl_tau_min=t.min(), dsl_tau_median=t.median(), dsl_tau_max=t.max())
         if self._last_log_w is not None:
             u, o = self._last_log_w
+            # masked negatives (log w = -inf) are not weights: left out of the min and the median
+            masked = torch.isneginf(u)
+            u_min = u.masked_fill(masked, float("inf")) if self._last_masked else u
             # min / max exact from row reductions, without materialising the [B, N] weights
-            w_min = (u.amin(dim=1) + o).min().float().exp()
+            w_min = (u_min.amin(dim=1) + o).min().float().exp()
             w_max = (u.amax(dim=1) + o).max().float().exp()
             # median over an evenly strided sample of at most _MEDIAN_SAMPLE weights (exact below)
             n = u.shape[1]
             step = -(-u.numel() // _MEDIAN_SAMPLE)
             idx = torch.arange(0, u.numel(), step, device=u.device)
             sample = u.reshape(-1)[idx] + o[idx // n]
+            if self._last_masked:
+                sample = sample[torch.isfinite(sample)]
             out.update(dsl_w_min=w_min, dsl_w_median=sample.median().float().exp(), dsl_w_max=w_max)
         return out
 

@@ -1,13 +1,13 @@
 """PSL: pairwise softmax loss (Yang et al., NeurIPS 2024, arXiv 2411.00163)."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_logsumexp, prepare_mask, zero_empty_rows
 from recbole_dsl.losses.sl import check_positive, check_scores
 
 # The user-facing activations sigma(d), d = (s_n - s_p) / 2 in [-1, 1] for cosine scores.
@@ -25,21 +25,25 @@ def _check_activation(activation) -> None:
         raise ConfigError("psl_activation", activation, f"one of {sorted(ACTIVATIONS)}")
 
 
-def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh") -> Tensor:
+def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh",
+             neg_mask: Optional[Tensor] = None) -> Tensor:
     """Pairwise softmax, per row (no reduction), PSL paper (arXiv 2411.00163):
     ``d_j = (s_n[j] - s_p) / 2``, ``l_b = logsumexp_j(log sigma(d_j) / tau) = log sum_j sigma(d_j)^(1/tau)``
     with sigma in {tanh(d)+1, atan(d)+1, max(d+1, 0)}; sigma is clamped at the dtype's tiny
     floor before the log (relu reaches 0 at d = -1).
 
     tau is in the paper's halved convention: sigma = exp gives SL at temperature 2 * tau.
+    ``neg_mask`` ([B, N] bool, True = valid) leaves masked negatives out of the sum; a row with no
+    valid negative gives 0.
     """
     if activation not in _ALL_ACTIVATIONS:
         _check_activation(activation)
     check_scores(pos, neg)
+    mask, rows = prepare_mask(neg, neg_mask)
     d = (neg - pos.unsqueeze(1)) / 2
     sigma = _ALL_ACTIVATIONS[activation](d)
     sigma = torch.clamp(sigma, min=torch.finfo(sigma.dtype).tiny)
-    return torch.logsumexp(torch.log(sigma) / tau, dim=1)
+    return zero_empty_rows(masked_logsumexp(torch.log(sigma) / tau, mask, dim=1), rows)
 
 
 @LOSSES.register("PSL")
@@ -56,7 +60,7 @@ class PSLLoss(RecLoss):
         self.activation = activation
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        return psl_loss(pos, neg, self.tau, self.activation)
+        return psl_loss(pos, neg, self.tau, self.activation, ctx.neg_mask)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, activation={self.activation!r}"

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, prepare_mask, zero_empty_rows
 
 
 def check_scores(pos: Tensor, neg: Tensor) -> None:
@@ -33,6 +33,7 @@ def sl_loss(
     tau: float,
     include_positive: bool = False,
     neg_log_q: Optional[Tensor] = None,
+    neg_mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Sampled softmax, per row (no reduction): ``l_b = logsumexp_j((s_n[j] - s_p) / tau - log q[b, j])``.
 
@@ -41,16 +42,21 @@ def sl_loss(
     ``[pos, negs] / tau`` with target 0, i.e. a logit 0 for the positive joins the logsumexp.
     ``neg_log_q`` ([B, N], log sampling probability of each negative) is subtracted from the
     negative logits only (log-q correction of a popularity sampler). Computed in log space.
+    ``neg_mask`` ([B, N] bool, True = valid) leaves masked negatives out of the logsumexp; a row
+    with no valid negative gives 0.
     """
     check_scores(pos, neg)
+    mask, rows = prepare_mask(neg, neg_mask)
     logits = (neg - pos.unsqueeze(1)) / tau
     if neg_log_q is not None:
         if neg_log_q.shape != neg.shape:
             raise ValueError(f"neg_log_q must have the shape of neg {tuple(neg.shape)}, got {tuple(neg_log_q.shape)}")
         logits = logits - neg_log_q.to(logits.dtype)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
     if include_positive:
         logits = torch.cat([logits.new_zeros(logits.shape[0], 1), logits], dim=1)
-    return torch.logsumexp(logits, dim=1)
+    return zero_empty_rows(torch.logsumexp(logits, dim=1), rows)
 
 
 @LOSSES.register("SL")
@@ -69,7 +75,7 @@ class SLLoss(RecLoss):
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         # Without a known q (uniform sampler) the correction is a constant: skip it.
         log_q = ctx.neg_log_q if self.log_q_correction else None
-        return sl_loss(pos, neg, self.tau, self.include_positive, log_q)
+        return sl_loss(pos, neg, self.tau, self.include_positive, log_q, ctx.neg_mask)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, include_positive={self.include_positive}, log_q_correction={self.log_q_correction}"

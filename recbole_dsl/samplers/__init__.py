@@ -1,10 +1,22 @@
 """The `neg_sampler` registry. Importing this package registers every sampler."""
 from recbole_dsl.samplers.base import (
     SAMPLERS,
+    NegativeBatch,
     NegativeSampler,
     PositiveSet,
     UniformSampler,
     build_sampler,
+    is_shared,
 )
+from recbole_dsl.samplers import popularity, in_batch, shared  # noqa: F401  (registration side effect)
+from recbole_dsl.samplers.popularity import PopularitySampler
+from recbole_dsl.samplers.in_batch import InBatchSampler
+from recbole_dsl.samplers.shared import SharedSampler
+from recbole_dsl.samplers.noisy import FalseNegativeSampler
+from recbole_dsl.samplers.factory import check_sampler_keys, sampler_from_config
 
-__all__ = ["SAMPLERS", "NegativeSampler", "PositiveSet", "UniformSampler", "build_sampler"]
+__all__ = [
+    "SAMPLERS", "NegativeBatch", "NegativeSampler", "PositiveSet", "UniformSampler", "PopularitySampler",
+    "InBatchSampler", "SharedSampler", "FalseNegativeSampler", "build_sampler", "is_shared",
+    "check_sampler_keys", "sampler_from_config",
+]

@@ -3,11 +3,19 @@
 A sampler draws the [B, N] negatives of a whole batch in one vectorised step on the model's
 device. RecBole's own sampler works per user in Python (about 1.7 M rows/s) and tiles each
 positive row N times, which makes N = 1000 cost minutes per epoch; here N only widens a tensor.
+
+Every sampler returns a `NegativeBatch`: the [B, N] item ids, optionally the log sampling
+probability of each (for a log-q correction) and a [B, N] mask of valid negatives (samplers that
+cannot redraw per row, `in_batch` and `shared`, mask what must not count; the losses give masked
+negatives no weight). Negatives shared by all rows (`shared`, `in_batch`) are an expanded view of
+one [N] tensor (row stride 0), which the scoring path recognises and scores with one [B, d] x
+[d, N] product.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from logging import getLogger
-from typing import ClassVar, Optional, Tuple
+from typing import ClassVar, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +66,12 @@ class PositiveSet:
             return self.dense[user].gather(1, items)  # row gather, then column gather: ~2x a 2-D index
         return self.contains(user.unsqueeze(1).expand_as(items), items)
 
+    def contains_cols(self, user: Tensor, items: Tensor) -> Tensor:
+        """[B, N] membership of items[j] in user[b]'s positives, for one [N] set shared by all rows."""
+        if self.dense is not None:
+            return self.dense[user.unsqueeze(1), items.unsqueeze(0)]
+        return self.contains(user.unsqueeze(1).expand(-1, items.shape[0]), items.unsqueeze(0).expand(user.shape[0], -1))
+
     def contains(self, users: Tensor, items: Tensor) -> Tensor:
         if self.dense is not None:
             return self.dense[users, items]
@@ -68,20 +82,57 @@ class PositiveSet:
         return self.keys[idx] == keys
 
 
-class NegativeSampler:
-    """Base class. `sample(user, pos_item)` -> (neg [B, N] long, neg_log_q [B, N] or None).
+@dataclass
+class NegativeBatch:
+    """The negatives of one batch of B positive rows.
 
-    neg_log_q is the log of each negative's sampling probability, for losses that offer a
-    log-q correction; samplers whose proposal is uniform return None (the correction is a
-    constant there).
+    items: [B, N] long item ids. For negatives shared by every row it is ``shared.expand(B, N)``
+        (a view with row stride 0): `is_shared` tells, and scoring uses one matrix product.
+    log_q: [B, N] float or None: log of each negative's sampling probability (log-q correction);
+        None where the proposal is uniform (the correction is then a constant).
+    mask: [B, N] bool or None: True for valid negatives. Masked entries contribute nothing to
+        any loss (see recbole_dsl.losses); None means all are valid.
+    """
+
+    items: Tensor
+    log_q: Optional[Tensor] = None
+    mask: Optional[Tensor] = None
+
+    @property
+    def is_shared(self) -> bool:
+        return is_shared(self.items)
+
+    @property
+    def num(self) -> int:
+        return self.items.shape[1]
+
+
+def is_shared(neg_item: Tensor) -> bool:
+    """True when [B, N] negatives are one [N] set expanded over the rows (row stride 0)."""
+    return neg_item.dim() == 2 and neg_item.shape[0] > 1 and neg_item.stride(0) == 0
+
+
+class NegativeSampler:
+    """Base class. `sample(user, pos_item)` -> NegativeBatch (items [B, N], log_q, mask).
+
+    Class attributes a subclass sets:
+    - ``params``: constructor argument -> YAML key (filled by `sampler_from_config`, as for losses);
+    - ``needs_item_counts``: the constructor takes ``item_counts`` [n_items], the training-split
+      interaction count of every item;
+    - ``per_row``: negatives are drawn independently per row (so a row's negatives can be redrawn
+      and protocols such as false-negative noise can replace them); False for shared negatives.
     """
 
     name: ClassVar[str] = ""
+    params: ClassVar[Dict[str, str]] = {}
+    needs_item_counts: ClassVar[bool] = False
+    per_row: ClassVar[bool] = True
     # Rounds of redrawing the negatives that hit a training positive. Each round redraws only
     # the hits; a user with fraction f of the catalogue as positives keeps f**rounds of them.
     max_rounds: ClassVar[int] = 64
 
-    def __init__(self, n_items: int, num: int, positives: Optional[PositiveSet] = None):
+    def __init__(self, n_items: int, num: int, positives: Optional[PositiveSet] = None,
+                 item_counts: Optional[Tensor] = None):
         self.n_items = int(n_items)
         self.num = int(num)
         self.positives = positives
@@ -102,11 +153,23 @@ class NegativeSampler:
     def log_q(self, neg: Tensor) -> Optional[Tensor]:
         return None
 
-    def sample(self, user: Tensor, pos_item: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+    @classmethod
+    def check_num(cls, num: int, n_items: int, excluding: bool) -> None:
+        """Raise ConfigError when `num` negatives per row cannot be drawn."""
+        if num < 1:
+            raise ConfigError("neg_num", num, "an integer >= 1")
+        n_real = n_items - FIRST_ITEM
+        if excluding and num >= n_real:
+            raise ConfigError(
+                "neg_num", num,
+                f"an integer smaller than the number of items ({n_real}) when exclude_positives is True",
+            )
+
+    def sample(self, user: Tensor, pos_item: Tensor) -> NegativeBatch:
         neg = self.draw((user.shape[0], self.num), user.device)
         if self.positives is not None:
             self._redraw_positives(user, neg)
-        return neg, self.log_q(neg)
+        return NegativeBatch(neg, self.log_q(neg))
 
     def _redraw_positives(self, user: Tensor, neg: Tensor) -> None:
         # Test the whole [B, N] block once, then only the redrawn entries.
@@ -129,9 +192,11 @@ class NegativeSampler:
 
 @SAMPLERS.register("uniform")
 class UniformSampler(NegativeSampler):
-    """Items drawn uniformly from the catalogue (with replacement across a row).
+    """Items drawn uniformly from the catalogue (with replacement across a row), N per row.
 
-    Suits every loss; it is the sampler all three papers train SL, BSL and PSL with.
+    Suits every loss (SL, BSL, PSL, DSL, BPR, BCE); it is the sampler all three papers train SL,
+    BSL and PSL with, and the one their robustness protocols assume. No log-q (uniform).
+    With ``exclude_positives`` a row's training positives are redrawn.
     """
 
     name = "uniform"
@@ -142,13 +207,14 @@ class UniformSampler(NegativeSampler):
         return torch.randint(FIRST_ITEM, self.n_items, shape, device=device)
 
 
-def build_sampler(name: str, n_items: int, num: int, positives: Optional[PositiveSet] = None, **kwargs):
+def build_sampler(name: str, n_items: int, num: int, positives: Optional[PositiveSet] = None,
+                  item_counts: Optional[Tensor] = None, **kwargs):
+    """The sampler registered as `name`. ``item_counts`` ([n_items] training-split counts) is
+    required by samplers with ``needs_item_counts``; ``kwargs`` are the sampler's own parameters."""
     cls = SAMPLERS.get(name)
-    if num < 1:
-        raise ConfigError("neg_num", num, "an integer >= 1")
-    n_real = n_items - FIRST_ITEM
-    if positives is not None and num >= n_real:
-        raise ConfigError(
-            "neg_num", num, f"an integer smaller than the number of items ({n_real}) when exclude_positives is True"
-        )
+    cls.check_num(num, n_items, positives is not None)
+    if cls.needs_item_counts:
+        if item_counts is None:
+            raise ValueError(f"neg_sampler '{name}' needs item_counts (training-split counts of every item)")
+        kwargs["item_counts"] = item_counts
     return cls(n_items=n_items, num=num, positives=positives, **kwargs)

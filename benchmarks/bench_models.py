@@ -1,0 +1,218 @@
+"""Every supported model on ml-100k: its built-in loss versus SL and BSL through the plugin.
+
+For each model (RecBole's default split of ml-100k, RS 0.8/0.1/0.1, one seed) this trains:
+- the model with its built-in loss and RecBole's own negative sampling (rec_loss unset), and
+- SL and BSL through the plugin, each at every point of a small temperature grid; the point
+  with the best validation NDCG@20 is kept (the test split plays no part in the choice).
+It reports test NDCG@20 (checkpoint with the best validation NDCG@20; early stopping on it) and
+the mean training seconds per epoch (evaluation excluded) of each run.
+
+Model hyper-parameters are RecBole's defaults for each model (its YAML file) unless overridden
+in MODEL_KW below; every run shares the learning rate, batch size and epoch cap given here.
+Temperatures: models scored by cosine (embedding kind) use the grid --cos-taus; models whose
+scores are raw logits (autoencoders, pair scorers) use --logit-taus. BSL uses the same value on
+both sides (loss_tau = loss_tau_pos) and user-grouped batches (train_batch_mode: user).
+
+    python benchmarks/bench_models.py [--models BPR LightGCN ...] [--epochs 10] [--neg-num 64]
+        [--pair-neg-num 8] [--time-limit 600] [--threads 1] [--out bench_out/models.json]
+
+Results are appended to the JSON file after every run; a rerun skips what is already there, so
+an interrupted benchmark continues where it stopped. `--report` prints the Markdown table only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BASE, header  # noqa: E402
+
+import torch  # noqa: E402
+from recbole.data import create_dataset, data_preparation  # noqa: E402
+from recbole.utils import init_seed  # noqa: E402
+
+from recbole_dsl import ADAPTERS, Config, get_model, get_trainer  # noqa: E402
+from recbole_dsl.adapters import _ncl_run_kmeans_torch  # noqa: E402
+
+# Shared training settings (all runs; the built-in runs use RecBole's default sampling).
+TRAIN = {"learning_rate": 0.002, "train_batch_size": 2048, "stopping_step": 3, "eval_step": 1, "seed": 2020}
+# Smaller than RecBole's defaults where a default would not run in reasonable time on a CPU.
+# Pair scorers: RecBole evaluates them by scoring every (user, item) pair of an evaluation batch
+# at once, ConvNCF with a d x d interaction map per pair: smaller evaluation batches bound memory.
+MODEL_KW = {
+    "NCL": {"num_clusters": 100},
+    "ConvNCF": {"train_batch_size": 512, "eval_batch_size": 16384},
+    "NAIS": {"train_batch_size": 128},
+    "NNCF": {"train_batch_size": 512, "eval_batch_size": 65536},
+}
+# Models RecBole trains on its UserDataLoader: train_batch_size counts users.
+USER_LOADER = {"MultiVAE", "MultiDAE", "MacridVAE", "RecVAE", "RaCT", "CDAE", "ENMF"}
+USER_BATCH = 128
+
+
+class _Stop(Exception):
+    pass
+
+
+def _loaders(model, cfg, cache):
+    key = ("user" if model in USER_LOADER else "inter", cfg["train_batch_size"], cfg["rec_loss"] is None,
+           cfg["MODEL_INPUT_TYPE"], str(cfg["train_neg_sample_args"]))
+    if key not in cache:
+        init_seed(cfg["seed"], True)
+        cache[key] = data_preparation(cfg, create_dataset(cfg))
+    return cache[key]
+
+
+def run_one(model, settings, args, cache):
+    neg_num = args.pair_neg_num if ADAPTERS.get(model).kind == "pair" and args.pair_neg_num else args.neg_num
+    kw = {**BASE, **TRAIN, "epochs": args.epochs, "neg_num": neg_num, "checkpoint_dir": args.checkpoint_dir,
+          **MODEL_KW.get(model, {}), **settings}
+    if model in USER_LOADER:
+        kw["train_batch_size"] = USER_BATCH
+    if model == "RaCT":  # actor pre-training: RaCTTrainer runs pretrain_epochs without validation
+        kw.update(pretrain_epochs=args.epochs, save_step=args.epochs)
+    cfg = Config(model, "ml-100k", config_dict=kw, cmd_args=[])
+    train, valid, test = _loaders(model, cfg, cache)
+    init_seed(cfg["seed"], True)
+    net = get_model(model)(cfg, train._dataset).to(cfg["device"])
+    if model == "NCL" and cfg["rec_loss"] is None:
+        try:
+            import faiss  # noqa: F401
+        except ImportError:  # the built-in run gets the plugin's torch k-means too
+            from types import MethodType
+
+            net.run_kmeans = MethodType(_ncl_run_kmeans_torch, net)
+    trainer = get_trainer(cfg["MODEL_TYPE"], model)(cfg, net)
+    epoch_s = []
+    inner = trainer._train_epoch
+
+    def timed(*a, **k):
+        t = time.perf_counter()
+        out = inner(*a, **k)
+        epoch_s.append(time.perf_counter() - t)
+        return out
+
+    trainer._train_epoch = timed
+    start = time.perf_counter()
+
+    def budget(epoch_idx, valid_score):
+        if time.perf_counter() - start > args.time_limit:
+            raise _Stop()
+
+    stopped = False
+    try:
+        _, valid_result = trainer.fit(train, valid, saved=True, callback_fn=budget)
+    except _Stop:
+        stopped, valid_result = True, trainer.best_valid_result
+    if model == "RaCT":
+        valid_result = trainer.evaluate(valid, load_best_model=False)
+        test_result = trainer.evaluate(test, load_best_model=False)
+    else:
+        test_result = trainer.evaluate(test, load_best_model=True)
+    return {
+        "valid_ndcg": float(valid_result["ndcg@20"]), "test_ndcg": float(test_result["ndcg@20"]),
+        "test_recall": float(test_result["recall@20"]), "epochs": len(epoch_s),
+        "sec_per_epoch": sum(epoch_s) / max(1, len(epoch_s)), "time_limited": stopped,
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def grid(model, loss, args):
+    taus = args.cos_taus if ADAPTERS.get(model).kind == "embedding" else args.logit_taus
+    if loss == "SL":
+        return [{"rec_loss": "SL", "loss_tau": t} for t in taus]
+    return [{"rec_loss": "BSL", "loss_tau": t, "loss_tau_pos": t, "train_batch_mode": "user"} for t in taus]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--neg-num", type=int, default=64)
+    ap.add_argument("--pair-neg-num", type=int, default=None,
+                    help="negatives for the pair scorers (default --neg-num): they run 1 + N forwards per row")
+    ap.add_argument("--cos-taus", type=float, nargs="*", default=[0.1, 0.2])
+    ap.add_argument("--logit-taus", type=float, nargs="*", default=[0.5, 1.0])
+    ap.add_argument("--time-limit", type=float, default=600, help="seconds of one run before it stops at the "
+                    "next evaluation (its best checkpoint so far is tested)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="bench_out/models.json")
+    ap.add_argument("--checkpoint-dir", default="/tmp/recbole_dsl_bench_models")
+    ap.add_argument("--report", action="store_true", help="only print the table of --out")
+    args = ap.parse_args()
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if not args.report:
+        torch.set_num_threads(args.threads)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cache = {}
+        for model in args.models or ADAPTERS.names():
+            row = results.setdefault(model, {})
+            runs = [("built-in", {"rec_loss": None})] + [(f"{loss} {json.dumps(p)}", p)
+                                                          for loss in ("SL", "BSL") for p in grid(model, loss, args)]
+            for name, settings in runs:
+                if name in row:
+                    continue
+                try:
+                    row[name] = run_one(model, settings, args, cache)
+                except Exception as e:  # a run that fails is reported, the benchmark goes on
+                    row[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                print(model, name, row[name], flush=True)
+                results["_meta"] = {"epochs": args.epochs, "neg_num": args.neg_num,
+                                    "pair_neg_num": args.pair_neg_num or args.neg_num, "cos_taus": args.cos_taus,
+                                    "logit_taus": args.logit_taus, "time_limit": args.time_limit,
+                                    "threads": args.threads, "train": TRAIN, "model_kw": MODEL_KW,
+                                    "user_batch": USER_BATCH}
+                out.write_text(json.dumps(results, indent=1))
+    print(report(results))
+
+
+def _best(row, loss):
+    runs = [(k, v) for k, v in row.items() if k.startswith(loss + " ") and "error" not in v]
+    if not runs:
+        return None, None
+    name, r = max(runs, key=lambda kv: kv[1]["valid_ndcg"])
+    return json.loads(name.split(" ", 1)[1])["loss_tau"], r
+
+
+def report(results) -> str:
+    lines = ["| model | kind | built-in: test NDCG@20 | s/epoch | SL: test NDCG@20 (tau) | s/epoch | "
+             "BSL: test NDCG@20 (tau) | s/epoch |", "|---|---|---|---|---|---|---|---|"]
+
+    def cell(r, tau=None):
+        if r is None:
+            return "not run", ""
+        if "error" in r:
+            return "failed", ""
+        flag = "*" if r.get("time_limited") else ""
+        t = f" ({tau:g})" if tau is not None else ""
+        return f"{r['test_ndcg']:.4f}{t}{flag}", f"{r['sec_per_epoch']:.1f}"
+
+    for model in ADAPTERS.names():
+        row = results.get(model, {})
+        b = cell(row.get("built-in"))
+        tau_sl, sl = _best(row, "SL")
+        tau_bsl, bsl = _best(row, "BSL")
+        s, bs = cell(sl, tau_sl), cell(bsl, tau_bsl)
+        if sl is None and any(k.startswith("SL ") for k in row):
+            s = ("failed", "")
+        if bsl is None and any(k.startswith("BSL ") for k in row):
+            bs = ("failed", "")
+        lines.append(f"| {model} | {ADAPTERS.get(model).kind} | {b[0]} | {b[1]} | {s[0]} | {s[1]} | {bs[0]} | {bs[1]} |")
+    meta = results.get("_meta", {})
+    errors = [f"- {m} {k}: {v['error']}" for m, row in results.items() if m != "_meta"
+              for k, v in row.items() if "error" in v]
+    note = (f"\nOne seed (2020); at most {meta.get('epochs')} epochs (early stop after "
+            f"{TRAIN['stopping_step']} evaluations without gain), {meta.get('neg_num')} negatives for SL/BSL "
+            f"({meta.get('pair_neg_num')} for the pair scorers); "
+            f"tau grids: cosine-scored models {meta.get('cos_taus')}, raw-score models {meta.get('logit_taus')}; "
+            f"* = stopped by the {meta.get('time_limit')} s time limit (its best checkpoint so far is tested).\n")
+    return "\n".join(lines) + "\n" + note + ("\nFailed runs:\n" + "\n".join(errors) + "\n" if errors else "")
+
+
+if __name__ == "__main__":
+    main()

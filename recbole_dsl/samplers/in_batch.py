@@ -1,0 +1,58 @@
+"""`in_batch`: the other positives of the batch are each row's negatives."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from recbole_dsl.samplers.base import SAMPLERS, NegativeBatch, NegativeSampler, PositiveSet
+
+
+@SAMPLERS.register("in_batch")
+class InBatchSampler(NegativeSampler):
+    """Row b's negatives are the positive items of all B rows of the batch (``neg_num`` is not
+    used: N = B), with the row's own positive and every duplicate of it masked (an item that is
+    the row's positive never counts as its negative). With ``exclude_positives`` the other
+    training positives of the row's user are masked too (false negatives a batch of the same
+    user's rows would otherwise produce). Nothing is drawn: the negatives are shared by all rows
+    and scored with one [B, d] x [d, B] product.
+
+    An item appears in a batch about in proportion to its training count, so in-batch negatives
+    are popularity-sampled (alpha = 1): the sampler gives log q(i) = log(count_i / total) for SL's
+    ``sl_log_q_correction``, the correction of Yi et al. (RecSys 2019). Suits SL (with or without
+    the correction), BSL and PSL as a cheap large-batch softmax; BPR/BCE work but see popular
+    negatives more often. DSL works (its weights and slate ignore masked entries). Batches of one
+    row have no valid negative: such a row contributes nothing to the loss.
+    """
+
+    name = "in_batch"
+    needs_item_counts = True
+    per_row = False
+
+    def __init__(self, n_items: int, num: int, positives: Optional[PositiveSet] = None,
+                 item_counts: Optional[Tensor] = None):
+        super().__init__(n_items, num, positives)
+        counts = item_counts.detach().double().clamp_min(0)
+        total = float(counts[1:].sum())
+        if not total > 0:
+            raise ValueError("in_batch sampler: the training split has no interactions")
+        with torch.no_grad():
+            self._log_p = torch.log(counts / total).float()  # -inf for items never in training
+
+    @classmethod
+    def check_num(cls, num: int, n_items: int, excluding: bool) -> None:
+        return  # N is the batch size; neg_num is not used
+
+    def to(self, device) -> "InBatchSampler":
+        super().to(device)
+        self._log_p = self._log_p.to(device)
+        return self
+
+    def sample(self, user: Tensor, pos_item: Tensor) -> NegativeBatch:
+        b = pos_item.shape[0]
+        items = pos_item.unsqueeze(0).expand(b, b)  # items[r, j] = pos_item[j], shared by all rows
+        mask = items != pos_item.unsqueeze(1)
+        if self.positives is not None:
+            mask &= ~self.positives.contains_cols(user, pos_item)
+        return NegativeBatch(items, self._log_p[pos_item].unsqueeze(0).expand(b, b), mask)

@@ -1,0 +1,39 @@
+"""`shared`: one set of N negatives per batch, shared by all rows."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from recbole_dsl.samplers.base import SAMPLERS, NegativeBatch, UniformSampler
+
+
+@SAMPLERS.register("shared")
+class SharedSampler(UniformSampler):
+    """N items drawn uniformly (with replacement) once per batch and used as the negatives of every
+    row; scored with one [B, d] x [d, N] matrix product instead of a [B, N, d] gather or a product
+    against the whole catalogue: the fast path for large catalogues and large N.
+
+    A shared item that is the row's own positive is masked for that row; with
+    ``exclude_positives`` every shared item that is a training positive of the row's user is
+    masked too (a shared set cannot be redrawn per row). Masked negatives contribute nothing to
+    the loss, so a row has N minus its masked entries. Uniform proposal: no log-q.
+
+    Suits every loss (SL, BSL, PSL, DSL, BPR, BCE). Rows see the same negatives, so the negatives
+    of one batch are correlated; with N in the hundreds or more this is what large-catalogue
+    sampled softmax usually does.
+    """
+
+    name = "shared"
+    per_row = False
+
+    @classmethod
+    def check_num(cls, num: int, n_items: int, excluding: bool) -> None:
+        super().check_num(num, n_items, False)  # masked, never redrawn: any N >= 1 works
+
+    def sample(self, user: Tensor, pos_item: Tensor) -> NegativeBatch:
+        items = self.draw((self.num,), user.device)
+        if items.device != user.device:
+            items = items.to(user.device)
+        mask = items.unsqueeze(0) != pos_item.unsqueeze(1)
+        if self.positives is not None:
+            mask &= ~self.positives.contains_cols(user, items)
+        return NegativeBatch(items.unsqueeze(0).expand(user.shape[0], -1), None, mask)

@@ -1,0 +1,589 @@
+"""The search itself: Ray Tune over the plugin's Config, data preparation and trainer.
+
+run_tune() validates everything before Ray starts, runs the trials (locally or on a Ray cluster),
+and leaves in the experiment folder: trials.csv (one row per trial), best_config.yaml (accepted
+by run_recbole_dsl.py --config_files= as it is), valid_vs_<key>.svg and Ray's own files (which is
+what resuming reads). The test split is scored once, for the chosen configuration only.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.tune import report as rpt
+from recbole_dsl.tune.space import (
+    SearchSpace, load_space, parse_space, preserved_env, validate_space,
+)
+from recbole_dsl.tune.trial import CONFIG_ARGS, _plain, evaluate_best, recbole_trial
+
+SEARCH_ALGS = ("grid", "random", "optuna", "hyperopt")
+SCHEDULERS = ("fifo", "asha")
+SETUP_FILE = "recbole_dsl_tune.pkl"
+MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
+DEFAULT_STORAGE = "ray_results"
+DEFAULTS = {"num_samples": None, "search_alg": "grid", "scheduler": "fifo", "grace_period": 5, "reduction_factor": 2}
+
+log = logging.getLogger("recbole_dsl.tune")
+
+
+class SearchAborted(RuntimeError):
+    """Ray Tune stopped the whole search (not one trial); the message says how to resume it."""
+
+
+@dataclass
+class TuneResult:
+    """What run_tune returns; every file it names is in `path`."""
+
+    path: str
+    rows: List[Dict[str, Any]]                  # one per trial, sorted by the validation metric
+    columns: List[str]
+    metric: str                                 # e.g. "ndcg@20"
+    best: Optional[Dict[str, Any]] = None       # trial_id, params, best_valid_score, best_epoch, valid, test
+    best_config: Optional[Dict[str, Any]] = None
+    csv_path: Optional[str] = None
+    best_config_path: Optional[str] = None
+    plot_path: Optional[str] = None
+    interrupted: bool = False
+    num_errors: int = 0
+    epochs_total: int = 0
+    wall_time_s: float = 0.0
+    resume_command: Optional[str] = None
+    summary: str = ""
+
+    @property
+    def dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+
+# ----------------------------------------------------------------------------------------------
+# options
+
+def _check_options(o: Dict[str, Any]) -> Dict[str, Any]:
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if o["search_alg"] not in SEARCH_ALGS:
+        raise ConfigError("search_alg", o["search_alg"], f"one of {list(SEARCH_ALGS)}")
+    if o["scheduler"] not in SCHEDULERS:
+        raise ConfigError("scheduler", o["scheduler"], f"one of {list(SCHEDULERS)}")
+    if o["num_samples"] is not None and (not is_int(o["num_samples"]) or o["num_samples"] < 1):
+        raise ConfigError("num_samples", o["num_samples"], "an integer >= 1")
+    if not is_int(o["grace_period"]) or o["grace_period"] < 1:
+        raise ConfigError("grace_period", o["grace_period"], "an integer >= 1 (epochs)")
+    if not isinstance(o["reduction_factor"], (int, float)) or o["reduction_factor"] <= 1:
+        raise ConfigError("reduction_factor", o["reduction_factor"], "a number > 1")
+    if not isinstance(o["cpus_per_trial"], (int, float)) or o["cpus_per_trial"] <= 0:
+        raise ConfigError("cpus_per_trial", o["cpus_per_trial"], "a number > 0")
+    if not isinstance(o["gpus_per_trial"], (int, float)) or o["gpus_per_trial"] < 0:
+        raise ConfigError("gpus_per_trial", o["gpus_per_trial"], "a number >= 0")
+    mc = o["max_concurrent_trials"]
+    if mc is not None and (not is_int(mc) or mc < 1):
+        raise ConfigError("max_concurrent_trials", mc, "an integer >= 1")
+    if o["search_alg"] == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("search_alg", "optuna", "an installed search library",
+                              hint="pip install 'optuna>=3.4,<4'") from None
+    if o["search_alg"] == "hyperopt":
+        try:
+            import hyperopt  # noqa: F401
+        except ImportError:
+            raise ConfigError("search_alg", "hyperopt", "an installed search library",
+                              hint="pip install hyperopt (or use search_alg optuna, which recbole_dsl installs)") from None
+    return o
+
+
+def _search_alg(o, seed):
+    from ray.tune.search import BasicVariantGenerator
+
+    if o["search_alg"] in ("grid", "random"):
+        # Ray ignores TuneConfig.max_concurrent_trials for a generator instance: give it here.
+        return BasicVariantGenerator(max_concurrent=o["max_concurrent_trials"] or 0, random_state=seed)
+    if o["search_alg"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=seed)
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch(random_state_seed=seed)
+
+
+def _scheduler(o, max_epochs):
+    if o["scheduler"] == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    grace = min(o["grace_period"], max_epochs)
+    # metric and mode come from TuneConfig (Ray refuses them twice)
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
+                         reduction_factor=o["reduction_factor"])
+
+
+# ----------------------------------------------------------------------------------------------
+# setup (what the trials need), built and checked before Ray starts
+
+def _abs_data_path(cfg: Dict[str, Any]) -> None:
+    # Trials run in their own directories: a relative data_path would resolve there.
+    dp = cfg.get("data_path")
+    if isinstance(dp, str) and dp and not os.path.isabs(dp):
+        cfg["data_path"] = os.path.abspath(dp)
+
+
+def key_from_sources(key: str, config_file_list=None, config_dict=None, cmd_args=(), default=None):
+    """`model` or `dataset` as RecBole would read it from files, dict and command line, else `default`."""
+    from recbole_dsl.tune.space import load_yaml
+
+    value = None
+    for f in config_file_list or []:
+        try:
+            d = load_yaml(f) or {}
+        except Exception:  # noqa: BLE001
+            continue  # RecBole's Config reports unreadable files itself
+        if isinstance(d, Mapping) and d.get(key) is not None:
+            value = d[key]
+    if config_dict and config_dict.get(key) is not None:
+        value = config_dict[key]
+    for a in cmd_args or ():
+        if a.startswith(f"--{key}="):
+            value = a.split("=", 1)[1]
+    return default if value in (None, "") else value
+
+
+def _build_setup(sp: SearchSpace, model, dataset, config_file_list, config_dict, cmd_args,
+                 quick_start_defaults: bool) -> Dict[str, Any]:
+    from recbole_dsl.config import Config
+    from recbole_dsl.quick_start import quick_start_config_file
+
+    if model is None:
+        model = (sp.params["model"].representatives()[0] if "model" in sp.params
+                 else key_from_sources("model", config_file_list, config_dict, cmd_args, "BPR"))
+    if dataset is None:
+        dataset = (sp.params["dataset"].representatives()[0] if "dataset" in sp.params
+                   else key_from_sources("dataset", config_file_list, config_dict, cmd_args, "ml-100k"))
+    files = ([quick_start_config_file()] if quick_start_defaults else []) + [
+        os.path.abspath(f) for f in (config_file_list or [])
+    ]
+    base_dict = dict(config_dict or {})
+    base_dict.setdefault("gpu_id", "")  # the driver never takes a device; trials get Ray's
+    with preserved_env("CUDA_VISIBLE_DEVICES"):
+        base = Config(model=model, dataset=dataset, config_file_list=files, config_dict=base_dict,
+                      cmd_args=list(cmd_args or []))
+    for key in sp.params:
+        if key in base.cmd_config_dict:
+            raise ConfigError(
+                key, base.cmd_config_dict[key], "a key that is not also in the search space",
+                hint=f"{key} is set on the command line and searched in the space; drop one of them",
+            )
+    ext = dict(base.external_config_dict)
+    if not any("gpu_id" in d for d in (base.file_config_dict, base.cmd_config_dict, config_dict or {})):
+        ext.pop("gpu_id", None)
+    for k in CONFIG_ARGS:
+        ext.pop(k, None)
+    _abs_data_path(ext)
+    consts = sp.constants()
+    trial_dict = dict(ext)
+    trial_dict.update({k: v for k, v in consts.items() if k not in CONFIG_ARGS})
+    model = consts.get("model", base["model"])
+    dataset = consts.get("dataset", base["dataset"])
+    n_points = validate_space(sp, model, dataset, trial_dict, base.internal_config_dict)
+    epochs = [base["epochs"]]
+    if "epochs" in sp.params:
+        epochs = [int(v) for v in sp.params["epochs"].representatives()]
+    return {
+        "model": model,
+        "dataset": dataset,
+        "config_dict": _plain(trial_dict),
+        "metric": str(base["valid_metric"]).lower(),
+        "bigger": bool(base["valid_metric_bigger"]),
+        "max_epochs": max(epochs),
+        "seed": int(base["seed"]) if base["seed"] is not None else None,
+        "space": sp.to_dict(),
+        "space_source": sp.source,
+        "searched": sp.searched(),
+        "validated_configs": n_points,
+    }
+
+
+def _experiment_name(sp: SearchSpace, setup) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{sp.name}-{setup['model']}-{setup['dataset']}-{stamp}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray
+
+def _pythonpath_env() -> Dict[str, str]:
+    # Ray workers get the driver's cwd and script folder on sys.path, not the whole sys.path:
+    # make sure they import this recbole_dsl (a source checkout need not be installed).
+    pkg_parent = str(Path(__file__).resolve().parents[2])
+    parts = [pkg_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
+
+
+def _init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float],
+              temp_dir: Optional[str], verbose: int) -> bool:
+    """Start (or connect to) Ray; True when this call started it and should shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw = dict(log_to_driver=verbose >= 2, runtime_env={"env_vars": _pythonpath_env()},
+              logging_level=logging.WARNING if verbose < 2 else logging.INFO)
+    with preserved_env("CUDA_VISIBLE_DEVICES", MEMORY_MONITOR):
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            # Ray's memory monitor kills a worker when the node passes 95% memory (whoever uses
+            # it), and Ray Tune 2.6 then aborts the whole search instead of failing one trial
+            # (OutOfMemoryError is neither a task nor an actor error to it). The local Ray we
+            # start leaves out-of-memory to the kernel, unless the user set the variable.
+            os.environ.setdefault(MEMORY_MONITOR, "0")
+            # address="local": a new local instance even when RAY_ADDRESS or a (possibly stale)
+            # /tmp/ray/ray_current_cluster names another cluster; joining one is --tune_address's job.
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                     _temp_dir=temp_dir, **kw)
+    return True
+
+
+def _trainable(setup, cpus, gpus):
+    from ray import tune
+
+    fn = tune.with_parameters(recbole_trial, setup=setup)
+    return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+def _error_line(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    text = ""
+    if path and os.path.isfile(path):
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    elif getattr(trial, "error_msg", None):
+        text = trial.error_msg
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+    # The last line of the traceback names the exception and its message.
+    return lines[-1][:300] if lines else "error (see the trial's error.txt)"
+
+
+def _saved_statuses(exp_dir) -> Dict[str, str]:
+    """Trial statuses as Ray saved them for resuming: after Ctrl+C, Ray stops the running trials
+    (TERMINATED in memory) but saves them as PENDING, to be rerun by a resume."""
+    try:
+        from ray.tune import ExperimentAnalysis
+
+        return {t.trial_id: t.status for t in ExperimentAnalysis(exp_dir).trials}
+    except Exception:  # noqa: BLE001 - no state saved yet
+        return {}
+
+
+def _collect(result_grid, setup, exp_dir, expected: int) -> (List[Dict[str, Any]], bool):
+    from ray.tune.experiment import Trial
+
+    trials = list(result_grid._experiment_analysis.trials)
+    saved = _saved_statuses(exp_dir)
+    m = setup["metric"]
+    rows, interrupted = [], len(trials) < expected
+    for t in trials:
+        res = dict(t.last_result or {})
+        params = {k: _plain(t.config.get(k)) for k in setup["searched"]}
+        if saved.get(t.trial_id) in (Trial.PENDING, Trial.RUNNING, Trial.PAUSED):
+            status = "not finished"
+            interrupted = True
+        elif t.status == Trial.ERROR:
+            status = "error"
+        elif t.status == Trial.TERMINATED:
+            # Ray marks a trial its scheduler stopped as done too: the trial says itself whether
+            # its last report was its last evaluation (end of training or RecBole's early stopping).
+            status = "finished" if res.get("final") else "stopped early"
+        else:
+            status = "not finished"
+            interrupted = True
+        row = {"trial_id": t.trial_id, "status": status, **params,
+               f"best valid {m}": res.get("best_valid_score") if "best_valid_score" in res else None,
+               "best_epoch": res.get("best_epoch"),
+               "epochs": res.get("epoch"),
+               f"last valid {m}": res.get("valid_score"),
+               "node": (res.get("node_id") or "")[:8] or None,
+               "threads": res.get("threads"),
+               "device": res.get("device"),
+               "time_s": round(float(res["time_total_s"]), 1) if "time_total_s" in res else None,
+               "error": _error_line(t) if t.status == Trial.ERROR else None,
+               "trial_dir": t.local_path}
+        for k, v in res.items():
+            if k.startswith("best_valid_") and k != "best_valid_score":
+                row[k.replace("best_valid_", "best valid ")] = v
+        row["_checkpoint"] = res.get("checkpoint")
+        row["_node_id"] = res.get("node_id")
+        rows.append(row)
+    return rows, interrupted
+
+
+def _columns(rows, setup) -> List[str]:
+    m = setup["metric"]
+    cols = ["trial_id", "status"] + list(setup["searched"]) + [f"best valid {m}"]
+    extra = sorted({k for r in rows for k in r if k.startswith("best valid ") and k != f"best valid {m}"})
+    cols += extra + ["best_epoch", "epochs", f"last valid {m}", "node", "threads", "device", "time_s", "error", "trial_dir"]
+    return cols
+
+
+def _write_csv(path, rows, columns):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+
+
+def _best_config(setup, params) -> Dict[str, Any]:
+    cfg = dict(setup["config_dict"])
+    cfg.update({k: v for k, v in params.items() if k not in CONFIG_ARGS})
+    model = params.get("model", setup["model"])
+    dataset = params.get("dataset", setup["dataset"])
+    return {"model": model, "dataset": dataset, **_plain(cfg)}
+
+
+def _final_test(setup, best_row, exp_dir, cpus, gpus) -> Optional[Dict[str, Any]]:
+    import ray
+
+    trial_dir = best_row.get("trial_dir")
+    ckpt = best_row.get("_checkpoint")
+    path = os.path.join(trial_dir, ckpt) if trial_dir and ckpt else None
+    if not path or not os.path.isfile(path):
+        log.warning("best trial's checkpoint %s is not on this machine: test metrics skipped", path)
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    params = {k: best_row[k] for k in setup["searched"] if k in best_row}
+    task = ray.remote(evaluate_best).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    return ray.get(task.remote(setup, params, data, os.path.join(exp_dir, "best_test")))
+
+
+def _header(setup, best, exp_dir) -> List[str]:
+    m = setup["metric"]
+    cmd = f"python run_recbole_dsl.py --config_files={os.path.join(exp_dir, 'best_config.yaml')}"
+    lines = [
+        f"Best configuration of the search {os.path.basename(exp_dir)} (trial {best['trial_id']}),",
+        f"chosen on validation {m} = {best['best_valid_score']:.4f} (epoch {best['best_epoch']}).",
+    ]
+    if best.get("test"):
+        shown = ", ".join(f"{k} = {v:.4f}" for k, v in best["test"].items())
+        lines.append(f"Test of this configuration only (computed once, after the search): {shown}")
+    lines.append(f"Rerun: {cmd}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
+# the API
+
+def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, model: Optional[str] = None,
+             dataset: Optional[str] = None, config_file_list: Optional[Sequence[str]] = None,
+             config_dict: Optional[Mapping[str, Any]] = None, cmd_args: Sequence[str] = (), *,
+             num_samples: Optional[int] = None, search_alg: Optional[str] = None,
+             scheduler: Optional[str] = None, grace_period: Optional[int] = None,
+             reduction_factor: Optional[float] = None, cpus_per_trial: float = 1,
+             gpus_per_trial: float = 0, max_concurrent_trials: Optional[int] = None,
+             address: Optional[str] = None, storage_path: Union[str, os.PathLike] = DEFAULT_STORAGE,
+             name: Optional[str] = None, resume: Union[str, os.PathLike, None] = None,
+             retry_errored: bool = False, verbose: int = 1, num_cpus: Optional[int] = None,
+             ray_temp_dir: Optional[str] = None, test_best: bool = True,
+             quick_start_defaults: bool = True, out=None) -> TuneResult:
+    """Search `space` with Ray Tune; see README.md, section Tuning.
+
+    space: a YAML file, a dict in the same format, or a SearchSpace. model/dataset/config_file_list/
+    config_dict/cmd_args: as for run_recbole_dsl (the space's values win over files and dict; a key
+    both on the command line and in the space is an error). search_alg: grid | random | optuna |
+    hyperopt; scheduler: fifo | asha (grace_period, reduction_factor in epochs). address: None
+    starts a local Ray (num_cpus, ray_temp_dir), 'auto' or 'host:port' joins a running cluster.
+    resume: the folder of an interrupted search to continue (finished trials are kept).
+    Returns a TuneResult; raises ConfigError before any trial starts when the space or an option
+    is invalid.
+    """
+    out = out or sys.stdout
+    t0 = time.time()
+    given = dict(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                 grace_period=grace_period, reduction_factor=reduction_factor)
+    if resume is not None:
+        exp_dir = os.path.abspath(os.path.expanduser(str(resume)))
+        if not os.path.isdir(exp_dir) and not os.path.isabs(str(resume)):
+            exp_dir = os.path.abspath(os.path.join(storage_path, str(resume)))
+        setup_file = os.path.join(exp_dir, SETUP_FILE)
+        if not os.path.isfile(setup_file):
+            raise ConfigError("tune_resume", str(resume), "the folder of a search started by recbole_dsl",
+                              hint=f"{setup_file} does not exist")
+        with open(setup_file, "rb") as f:
+            saved = pickle.load(f)
+        setup, opts = saved["setup"], saved["options"]
+        if any(v is not None for v in given.values()) or space is not None:
+            print("resuming: the space and search options are those of the interrupted search", file=out)
+        opts["verbose"] = verbose
+    else:
+        if space is None:
+            raise ConfigError("tune", None, "a search space (YAML file or dict)")
+        sp = load_space(space)
+        opts = {k: (given[k] if given[k] is not None else sp.options.get(k, DEFAULTS[k])) for k in DEFAULTS}
+        opts.update(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                    max_concurrent_trials=max_concurrent_trials, verbose=verbose)
+        _check_options(opts)
+        setup = _build_setup(sp, model, dataset, config_file_list, config_dict, cmd_args, quick_start_defaults)
+        if opts["num_samples"] is None:
+            opts["num_samples"] = 1 if opts["search_alg"] == "grid" else 10
+        storage = os.path.abspath(os.path.expanduser(str(storage_path)))
+        name = name or _experiment_name(sp, setup)
+        exp_dir = os.path.join(storage, name)
+        if os.path.exists(os.path.join(exp_dir, SETUP_FILE)):
+            raise ConfigError("tune_name", name, "the name of a new search",
+                              hint=f"{exp_dir} already holds a search; continue it with --tune_resume={exp_dir}")
+        os.makedirs(exp_dir, exist_ok=True)
+        with open(os.path.join(exp_dir, SETUP_FILE), "wb") as f:
+            pickle.dump({"setup": setup, "options": opts}, f)
+    setup["cpus_per_trial"] = opts["cpus_per_trial"]
+    setup["trial_console_logs"] = opts["verbose"] >= 2
+    storage, name = os.path.dirname(exp_dir), os.path.basename(exp_dir)
+    m = setup["metric"]
+    mode = "max" if setup["bigger"] else "min"
+    tune_metric = "best_valid_score"
+
+    started = _init_ray(address, num_cpus, None, ray_temp_dir, opts["verbose"])
+    try:
+        from ray import air, tune
+
+        trainable = _trainable(setup, opts["cpus_per_trial"], opts["gpus_per_trial"])
+        if resume is not None:
+            if not tune.Tuner.can_restore(exp_dir):
+                raise ConfigError("tune_resume", exp_dir, "a search Ray saved state for",
+                                  hint="no experiment state found (it stopped before its first trial started)")
+            tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=retry_errored)
+        else:
+            sp = parse_space(setup["space"], setup["space_source"])
+            grid = opts["search_alg"] == "grid"
+            tuner = tune.Tuner(
+                trainable,
+                # With ASHA the grid runs in a shuffled (seeded) order: ASHA stops a trial only when
+                # it lags behind trials already past the same rung, so a grid listed from worst to
+                # best (small temperatures first, say) would never stop anything.
+                param_space=sp.param_space(grid_as_choice=not grid,
+                                           shuffle_seed=(setup["seed"] or 0) if opts["scheduler"] == "asha" else None),
+                tune_config=tune.TuneConfig(
+                    metric=tune_metric, mode=mode, num_samples=opts["num_samples"],
+                    search_alg=_search_alg(opts, setup["seed"]),
+                    scheduler=_scheduler(opts, setup["max_epochs"]),
+                    max_concurrent_trials=None if opts["search_alg"] in ("grid", "random")
+                    else opts["max_concurrent_trials"],
+                    reuse_actors=False,
+                ),
+                run_config=air.RunConfig(
+                    name=name, storage_path=storage, verbose=min(int(opts["verbose"]), 2) if opts["verbose"] else 0,
+                    failure_config=air.FailureConfig(max_failures=0, fail_fast=False),
+                    checkpoint_config=air.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
+                ),
+            )
+        print(f"recbole_dsl tune: {exp_dir}", file=out)
+        try:
+            grid_results = tuner.fit()
+        except Exception as e:  # noqa: BLE001 - re-raised with what to do next
+            chain, c = [], e
+            while c is not None and len(chain) < 10:
+                chain.append(type(c).__name__)
+                c = c.__cause__ or c.__context__
+            why = ("Ray's memory monitor killed a trial (the node ran out of memory), which Ray Tune "
+                   "2.6 cannot treat as one failed trial" if "OutOfMemoryError" in chain else f"{type(e).__name__}: {e}")
+            raise SearchAborted(
+                f"the search stopped: {why}. Ray saves its state as it goes; continue it with "
+                f"python run_recbole_dsl.py --tune_resume={exp_dir}"
+            ) from e
+        expected = opts["num_samples"] * (parse_space(setup["space"]).grid_size() if opts["search_alg"] == "grid" else 1)
+        rows, interrupted = _collect(grid_results, setup, exp_dir, expected)
+        rows = rpt.sort_rows(rows, f"best valid {m}", setup["bigger"])
+        columns = _columns(rows, setup)
+        result = TuneResult(path=exp_dir, rows=rows, columns=columns, metric=m, interrupted=interrupted)
+        result.num_errors = sum(r["status"] == "error" for r in rows)
+        result.epochs_total = int(sum(r.get("epochs") or 0 for r in rows))
+        result.csv_path = os.path.join(exp_dir, "trials.csv")
+        _write_csv(result.csv_path, rows, columns)
+        ok = [r for r in rows if isinstance(r.get(f"best valid {m}"), (int, float))
+              and math.isfinite(r[f"best valid {m}"]) and r["status"] != "error"]
+        x_key = rpt.plot_x_key(setup["searched"], ok)
+        if x_key and ok:
+            series = rpt.series_keys(setup["searched"], ok, x_key)
+            result.plot_path = os.path.join(exp_dir, f"valid_vs_{x_key}.svg")
+            with open(result.plot_path, "w", encoding="utf-8") as f:
+                f.write(rpt.svg_plot(ok, x_key, f"best valid {m}", f"validation {m}", series,
+                                     f"{name}: validation {m} vs {x_key}"))
+        if interrupted:
+            result.resume_command = f"python run_recbole_dsl.py --tune_resume={exp_dir}"
+        elif ok:
+            best_row = ok[0]
+            params = {k: best_row[k] for k in setup["searched"] if k in best_row}
+            best = {"trial_id": best_row["trial_id"], "params": params,
+                    "best_valid_score": best_row[f"best valid {m}"], "best_epoch": best_row["best_epoch"],
+                    "valid": {k.replace("best valid ", ""): v for k, v in best_row.items()
+                              if k.startswith("best valid ")},
+                    "test": None}
+            if test_best:
+                evaluated = _final_test(setup, best_row, exp_dir, opts["cpus_per_trial"], opts["gpus_per_trial"])
+                if evaluated:
+                    best["test"] = evaluated["test"]
+                    best["valid_check"] = evaluated["valid"]
+            result.best = best
+            result.best_config = _best_config(setup, params)
+            result.best_config_path = os.path.join(exp_dir, "best_config.yaml")
+            with open(result.best_config_path, "w", encoding="utf-8") as f:
+                f.write(rpt.best_config_yaml(result.best_config, _header(setup, best, exp_dir)))
+        result.wall_time_s = time.time() - t0
+        result.summary = summarize(result, setup)
+        print(result.summary, file=out)
+        return result
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def summarize(result: TuneResult, setup) -> str:
+    m = result.metric
+    shown = [c for c in result.columns if c not in ("trial_dir", "device", "threads")
+             and any(r.get(c) not in (None, "") for r in result.rows)]
+    lines = ["", f"Trials sorted by validation {m} (best epoch of each trial):",
+             rpt.format_table(result.rows, shown), ""]
+    n = len(result.rows)
+    lines.append(f"{n} trials: {sum(r['status'] == 'finished' for r in result.rows)} finished, "
+                 f"{sum(r['status'] == 'stopped early' for r in result.rows)} stopped early, "
+                 f"{result.num_errors} failed, {sum(r['status'] == 'not finished' for r in result.rows)} not finished; "
+                 f"{result.epochs_total} epochs in all.")
+    for r in result.rows:
+        if r["status"] == "error":
+            lines.append(f"  trial {r['trial_id']} failed: {r['error']}")
+    lines.append(f"all trials:   {result.csv_path}")
+    if result.plot_path:
+        lines.append(f"plot:         {result.plot_path}")
+    if result.interrupted:
+        lines.append("The search was interrupted before all trials finished; continue it with")
+        lines.append(f"  {result.resume_command}")
+    elif result.best:
+        b = result.best
+        lines.append(f"best config:  {result.best_config_path}")
+        lines.append("best:         " + ", ".join(f"{k}={v}" for k, v in b["params"].items())
+                     + f"  (trial {b['trial_id']}, validation {m} {b['best_valid_score']:.4f} at epoch {b['best_epoch']})")
+        if b.get("test"):
+            lines.append("test:         " + ", ".join(f"{k}: {v:.4f}" for k, v in b["test"].items())
+                         + "  (best configuration only, computed after the search)")
+    else:
+        lines.append("No trial produced a validation result: nothing to choose.")
+    return "\n".join(lines)

@@ -1,0 +1,335 @@
+"""Every supported RecBole general model x every loss of the registry, on a small slice of ml-100k.
+
+The slice (the first 100 users of ml-100k, their first 50 interactions each: about 4,300
+interactions, 770 items) is written as an atomic dataset to a temporary folder; models are
+shrunk (embedding size 8, 8 negatives, 2 epochs), so the whole matrix runs in a few minutes
+on 2 CPU cores.
+"""
+import math
+
+import pandas as pd
+import pytest
+import torch
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+from recbole.utils import get_model as recbole_get_model, init_seed
+
+from recbole_dsl import ADAPTERS, LOSSES, Config, ConfigError, get_model, get_trainer
+from recbole_dsl.adapters import REFUSED
+
+pytestmark = pytest.mark.slow
+
+SOURCE = "recbole/dataset_example/ml-100k/ml-100k.inter"
+
+BASE = {
+    "epochs": 2,
+    "eval_step": 2,  # one validation pass, after the second epoch
+    "neg_num": 8,
+    "train_batch_size": 512,
+    "eval_batch_size": 1_000_000,
+    "embedding_size": 8,
+    "learning_rate": 0.01,
+    "show_progress": False,
+    "state": "ERROR",
+    "metrics": ["Recall", "NDCG"],
+    "topk": [20],
+    "valid_metric": "NDCG@20",
+    "gpu_id": "",
+    "seed": 2020,
+}
+
+# Shrunk model settings (every model's own YAML defaults otherwise).
+MODEL_KW = {
+    "NCL": dict(num_clusters=8, warm_up_step=0),  # warm_up_step 0: the prototype term is logged from epoch 0
+    "ConvNCF": dict(embedding_size=16, cnn_channels=[1, 4, 4], cnn_kernels=[4, 4], cnn_strides=[4, 4]),
+    "NAIS": dict(weight_size=8),
+    "NGCF": dict(hidden_size_list=[8, 8]),
+    "DMF": dict(user_embedding_size=8, item_embedding_size=8, user_hidden_size_list=[8], item_hidden_size_list=[8]),
+    "NeuMF": dict(mf_embedding_size=8, mlp_embedding_size=8, mlp_hidden_size=[8]),
+    "NNCF": dict(ui_embedding_size=8, neigh_embedding_size=8, num_conv_kernel=8, mlp_hidden_size=[8]),
+    "MultiVAE": dict(mlp_hidden_size=[32], latent_dimension=16),
+    "MultiDAE": dict(mlp_hidden_size=[32], latent_dimension=16),
+    "RaCT": dict(mlp_hidden_size=[32], latent_dimension=16, pretrain_epochs=2, save_step=1),
+    "MacridVAE": dict(encoder_hidden_size=[32], kfac=4, reg_weights=[0.001, 0.001]),
+    "RecVAE": dict(hidden_dimension=32, latent_dimension=16),
+}
+# Models RecBole trains on its UserDataLoader: batch size counts users there.
+USER_LOADER = {"MultiVAE", "MultiDAE", "MacridVAE", "RecVAE", "RaCT", "CDAE", "ENMF"}
+USER_BATCH = 16
+
+# The auxiliary terms each model's own loss has, which must be logged as loss parts after the
+# recommendation term (in this order).
+EXPECTED_AUX = {
+    "BPR": (), "DMF": (), "NeuMF": (), "NNCF": (), "MultiDAE": (),
+    "LightGCN": ("reg",), "NGCF": ("reg",), "SpectralCF": ("reg",), "SimpleX": ("reg",),
+    "FISM": ("reg",), "ENMF": ("reg",), "CDAE": ("reg",), "ConvNCF": ("reg",), "NAIS": ("reg",),
+    "DGCF": ("reg", "cor"), "SGL": ("reg", "ssl"), "NCL": ("reg", "ssl", "proto"),
+    "MultiVAE": ("kl",), "RecVAE": ("kl",), "RaCT": ("kl",), "MacridVAE": ("kl", "reg"),
+}
+SUPPORTED = sorted(EXPECTED_AUX)
+
+
+def write_slice(folder, n_users=100, per_user=50):
+    import recbole
+
+    src = recbole.__file__.rsplit("/", 1)[0] + "/" + SOURCE.split("/", 1)[1]
+    df = pd.read_csv(src, sep="\t")
+    df.columns = ["user_id", "item_id", "rating", "timestamp"]
+    df = df[df.user_id <= n_users].sort_values(["user_id", "timestamp"]).groupby("user_id").head(per_user)
+    (folder / "ml-slice").mkdir(parents=True, exist_ok=True)
+    with open(folder / "ml-slice" / "ml-slice.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+        df.to_csv(f, sep="\t", header=False, index=False)
+
+
+@pytest.fixture(scope="module")
+def slice_data(tmp_path_factory):
+    """Loaders of the slice: one set of interaction loaders, one of user loaders (autoencoders).
+    With rec_loss set RecBole's loader samples nothing, so every model of a kind shares them."""
+    root = tmp_path_factory.mktemp("slice")
+    write_slice(root)
+    out = {"root": root}
+    for kind, model, batch in (("inter", "BPR", BASE["train_batch_size"]), ("user", "MultiDAE", USER_BATCH)):
+        cfg = Config(model, "ml-slice", config_dict=dict(BASE, rec_loss="SL", data_path=str(root),
+                                                         train_batch_size=batch, checkpoint_dir=str(root)),
+                     cmd_args=[])
+        out[kind] = data_preparation(cfg, create_dataset(cfg))
+    return out
+
+
+def make(model, loss, slice_data, tmp_path, **kw):
+    kw = dict(BASE, **MODEL_KW.get(model, {}), rec_loss=loss, data_path=str(slice_data["root"]),
+              checkpoint_dir=str(tmp_path), **kw)
+    if model in USER_LOADER:
+        kw["train_batch_size"] = USER_BATCH
+    config = Config(model, "ml-slice", config_dict=kw, cmd_args=[])
+    init_seed(config["seed"], True)
+    data = slice_data["user" if model in USER_LOADER else "inter"]
+    net = get_model(model)(config, data[0]._dataset).to(config["device"])
+    return config, net, get_trainer(config["MODEL_TYPE"], model)(config, net), data
+
+
+def assert_metrics(result):
+    assert set(result) == {"recall@20", "ndcg@20"}, result
+    for v in result.values():
+        assert math.isfinite(v) and 0.0 <= v <= 1.0, result
+
+
+def test_every_trainable_general_model_is_supported_or_refused():
+    import recbole.model.general_recommender as general
+
+    names = {n for n in dir(general) if isinstance(getattr(general, n), type)}
+    assert set(SUPPORTED) == set(ADAPTERS.names())
+    assert names == set(SUPPORTED) | set(REFUSED)
+
+
+@pytest.mark.parametrize("loss", LOSSES.names())
+@pytest.mark.parametrize("model", SUPPORTED)
+def test_model_trains_with_loss(model, loss, slice_data, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    config, net, trainer, (train, valid, test) = make(model, loss, slice_data, tmp_path)
+    assert type(net).__name__ == model and isinstance(net, recbole_get_model(model))
+    assert net.adapter is ADAPTERS.get(model)
+    assert net.adapter.aux_names(net) == EXPECTED_AUX[model]
+
+    # Never the built-in loss: RecBole's own calculate_loss must not run.
+    def builtin(*a, **k):
+        raise AssertionError(f"{model}'s built-in calculate_loss was called with rec_loss set")
+
+    monkeypatch.setattr(recbole_get_model(model), "calculate_loss", builtin)
+
+    epochs = []
+    train_epoch = trainer._train_epoch
+
+    def recording(*a, **k):
+        out = train_epoch(*a, **k)
+        epochs.append(out if isinstance(out, tuple) else (out,))
+        return out
+
+    trainer._train_epoch = recording
+    _, best_valid = trainer.fit(train, valid, saved=True)
+
+    assert len(epochs) == 2
+    for parts in epochs:
+        # the recommendation term, then the model's own auxiliary terms, each logged
+        assert len(parts) == 1 + len(EXPECTED_AUX[model]), parts
+        assert all(math.isfinite(p) for p in parts), parts
+    assert epochs[1][0] < epochs[0][0], f"the training loss did not go down: {epochs}"
+
+    if model == "RaCT":  # RaCTTrainer's actor pre-training saves checkpoints but does not validate
+        assert best_valid is None
+        best_valid = trainer.evaluate(valid, load_best_model=False)
+    assert_metrics(best_valid)
+    assert_metrics(trainer.evaluate(test, load_best_model=True))
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model,reason", [
+    *sorted(REFUSED.items()),
+    ("SASRec", "sequential model"),
+    ("FM", "context model"),
+    ("KGAT", "knowledge model"),
+])
+def test_refused_models_fail_with_their_reason(model, reason, slice_data):
+    with pytest.raises(ConfigError, match=r"model='%s'" % model) as e:
+        Config(model, "ml-slice", config_dict=dict(BASE, rec_loss="SL", data_path=str(slice_data["root"])),
+               cmd_args=[])
+    assert reason[:40] in str(e.value) and "'LightGCN'" in str(e.value) and "'MultiVAE'" in str(e.value)
+
+
+@pytest.mark.parametrize("stage", ["critic_pretrain", "finetune"])
+def test_ract_stages_without_a_recommendation_term_are_refused(stage, slice_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"train_stage='%s'.*no recommendation term" % stage):
+        make("RaCT", "SL", slice_data, tmp_path, train_stage=stage, pre_model_path=str(tmp_path / "none.pth"))
+
+
+# ---------------------------------------------------------------------------------------------
+def _one_batch(data):
+    return next(iter(data[0]))
+
+
+@pytest.mark.parametrize("model", [m for m in SUPPORTED if ADAPTERS.get(m).kind in ("pair", "logits")]
+                         + ["LightGCN", "NGCF", "SpectralCF", "DGCF", "NCL", "SGL"])
+def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    config, net, trainer, data = make(model, "SL", slice_data, tmp_path)
+    if model == "NCL":
+        net.e_step()
+    net.train()
+    calls = []
+    forward = net.forward
+
+    def counting(*args, **kw):
+        calls.append([a.shape[0] for a in args if isinstance(a, torch.Tensor)])
+        return forward(*args, **kw)
+
+    monkeypatch.setattr(net, "forward", counting)
+    batch = _one_batch(data).to(net.device)
+    net.calculate_loss(batch)
+    kind = net.adapter.kind
+    if kind == "pair":  # the B x (1 + N) pairs in one call, no per-pair predict, no tiling of the batch
+        assert calls == [[len(batch) * (1 + config["neg_num"])] * 2]
+    elif kind == "logits":  # one [B_users, n_items] pass over the batch users
+        assert len(calls) == 1 and calls[0][0] == len(batch)
+    else:  # one propagation (SGL: plus its two perturbed views, for its own contrastive term)
+        assert len(calls) == (3 if model == "SGL" else 1)
+
+
+@pytest.mark.parametrize("model", [m for m in SUPPORTED if ADAPTERS.get(m).kind == "embedding"])
+def test_full_sort_scores_follow_training_steps(model, slice_data, tmp_path):
+    """The evaluation cache (propagated embeddings, item towers) is rebuilt after every training
+    step, full-sort scores agree with predict(), and cosine scores stay in [-1, 1]."""
+    torch.set_num_threads(1)
+    config, net, trainer, data = make(model, "SL", slice_data, tmp_path)
+    if model == "NCL":
+        net.e_step()
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    batch = _one_batch(data).to(net.device)
+    users = torch.tensor([1, 2, 3, 5, 8])
+    inter = Interaction({config["USER_ID_FIELD"]: users})
+
+    def step():
+        net.train()
+        opt.zero_grad()
+        loss = net.calculate_loss(batch)
+        sum(loss if isinstance(loss, tuple) else (loss,)).backward()
+        opt.step()
+        net.eval()
+        with torch.no_grad():
+            return net.full_sort_predict(inter).view(len(users), -1)
+
+    first = step()
+    second = step()
+    assert not torch.allclose(first, second)
+    with torch.no_grad():
+        net._eval_reps = None  # what an uncached pass gives
+        fresh = net.full_sort_predict(inter).view(len(users), -1)
+        items = torch.tensor([1, 7, 42, 300])
+        pairs = Interaction({config["USER_ID_FIELD"]: users.repeat_interleave(4),
+                             config["ITEM_ID_FIELD"]: items.repeat(len(users))})
+        pair_scores = net.predict(pairs).view(len(users), 4)
+    torch.testing.assert_close(second, fresh)
+    torch.testing.assert_close(pair_scores, second[:, items])
+    assert second.abs().max() <= 1 + 1e-5  # cosine (score_fn) in evaluation too
+
+
+# ---------------------------------------------------------------------------------------------
+def _builtin_and_ours(model, slice_data, tmp_path, **kw):
+    """The model's own loss and the plugin's auxiliary terms on the same batch: same users,
+    positives and (first) negative, model in eval mode (no dropout)."""
+    torch.set_num_threads(1)
+    config, net, trainer, data = make(model, "SL", slice_data, tmp_path, **kw)
+    if model == "NCL":
+        net.e_step()
+    if model == "SGL":
+        net.train()  # builds SGL's two perturbed views
+    net.eval()
+    batch = _one_batch(data).to(net.device)
+    rows = net.adapter.rows(net, batch)
+    neg = net.neg_sampler.sample(rows.user, rows.pos_item).items
+    with torch.no_grad():
+        out = net.adapter.forward(net, rows, neg)
+        aux = net.adapter.aux_losses(net, out, rows, neg)
+        inter = Interaction({net.USER_ID: rows.user, net.ITEM_ID: rows.pos_item, net.NEG_ITEM_ID: neg[:, 0]})
+        own = recbole_get_model(model).calculate_loss(net, batch if net.adapter.user_batches else inter)
+    return net, rows, neg, out, aux, own
+
+
+@pytest.mark.parametrize("model", ["LightGCN", "NGCF", "SpectralCF", "SGL", "NCL"])
+def test_graph_aux_terms_have_the_models_own_scale(model, slice_data, tmp_path):
+    net, rows, neg, out, aux, own = _builtin_and_ours(model, slice_data, tmp_path)
+    with torch.no_grad():
+        users, items = net.adapter.all_reps(net)
+        u = users[rows.user]
+        d = (u * items[rows.pos_item]).sum(-1) - (u * items[neg[:, 0]]).sum(-1)
+        bpr = -torch.nn.functional.logsigmoid(d)
+        bpr = bpr.sum() if model == "SGL" else bpr.mean()
+    own_total = sum(own) if isinstance(own, tuple) else own
+    torch.testing.assert_close(own_total.reshape(()), (bpr + sum(aux)).reshape(()), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["MultiVAE", "MacridVAE", "RaCT"])
+def test_vae_kl_terms_have_the_models_own_scale(model, slice_data, tmp_path):
+    net, rows, neg, out, aux, own = _builtin_and_ours(model, slice_data, tmp_path, total_anneal_steps=0)
+    with torch.no_grad():
+        rm = net.get_rating_matrix(rows.batch_user)
+        ce = -(torch.log_softmax(out.scores, 1) * rm).sum(1).mean()
+    torch.testing.assert_close(own.reshape(()), (ce + sum(aux)).reshape(()), rtol=1e-4, atol=1e-6)
+
+
+def test_cdae_regularisers_have_the_models_own_scale(slice_data, tmp_path):
+    net, rows, neg, out, aux, own = _builtin_and_ours("CDAE", slice_data, tmp_path, reg_weight_1=0.01)
+    with torch.no_grad():
+        rm = net.get_rating_matrix(rows.batch_user)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out.scores, rm, reduction="sum")
+    torch.testing.assert_close(own.reshape(()), (bce + sum(aux)).reshape(()), rtol=1e-4, atol=1e-3)
+
+
+def test_user_level_rows_are_the_batch_users_positives(slice_data, tmp_path):
+    config, net, trainer, data = make("MultiVAE", "BSL", slice_data, tmp_path)
+    batch = _one_batch(data)
+    rows = net.adapter.rows(net, batch)
+    rm = net.get_rating_matrix(batch[net.USER_ID])
+    assert rows.user.shape[0] == int(rm.sum())  # every positive of every batch user, once
+    assert bool((rm[rows.row_of, rows.pos_item] == 1).all())
+    assert torch.equal(rows.batch_user[rows.row_of], rows.user)
+    # BSL's positive groups: chunks of up to positives_per_user rows of one user
+    groups, counts = torch.unique(rows.group, return_counts=True)
+    assert counts.max() == config["positives_per_user"]
+    for g in groups[:20]:
+        assert rows.user[rows.group == g].unique().numel() == 1
+    net._rl_max_rows = 50  # the cap: a random subset of that size, the scale still per user
+    capped = net.adapter.rows(net, batch)
+    assert capped.user.shape[0] == 50 and capped.total == rows.user.shape[0]
+    assert net.adapter.rec_scale(net, capped) == pytest.approx(rows.user.shape[0] / len(batch))
+
+
+def test_user_grouped_batch_mode_leaves_user_loaders_alone(slice_data, tmp_path):
+    config, net, trainer, (train, valid, test) = make("MultiDAE", "BSL", slice_data, tmp_path,
+                                                      train_batch_mode="user", epochs=1)
+    loaders = []
+    train_epoch = trainer._train_epoch
+    trainer._train_epoch = lambda data, *a, **k: loaders.append(type(data)) or train_epoch(data, *a, **k)
+    trainer.fit(train, valid, saved=False)
+    assert loaders == [type(train)]  # RecBole's UserDataLoader is kept (batches of users)
+    assert_metrics(trainer.evaluate(test, load_best_model=False))

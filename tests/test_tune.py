@@ -1,0 +1,538 @@
+"""Ray Tune search (recbole_dsl.tune): spaces checked up front, trials isolated, results a user can act on.
+
+End-to-end tests run on a slice of ml-100k (its first users) with tiny models, and always shut
+Ray down (local Ray via ray.shutdown; the two-node cluster by the ids of the processes it started).
+"""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from recbole_dsl.errors import ConfigError
+from recbole_dsl.tune import load_space, run_tune
+from recbole_dsl.tune import report as rpt
+from recbole_dsl.tune.runner import _build_setup
+from recbole_dsl.tune.space import SAMPLERS, parse_space
+
+CLI = [sys.executable, str(ROOT / "run_recbole_dsl.py")]
+SPACES = sorted((ROOT / "properties" / "tune").glob("*.yaml"))
+SLICE_USERS = 150
+
+# Small, fast trials: the slice dataset, 16-dim MF, 16 negatives.
+TRIAL = {
+    "dataset": "ml-slice",
+    "epochs": 2,
+    "embedding_size": 16,
+    "neg_num": 16,
+    "train_batch_size": 4096,
+    "eval_batch_size": 409600,
+    "learning_rate": 0.01,
+    "gpu_id": "",
+    "state": "ERROR",
+}
+
+
+def cli_args(data_path, **over):
+    cfg = dict(TRIAL, data_path=str(data_path), **over)
+    return [f"--{k}={v}" for k, v in cfg.items()]
+
+
+def run_cli(*args, env=None, timeout=300):
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
+    e.update(env or {})
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout, env=e,
+                          stdin=subprocess.DEVNULL)
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def slice_data(tmp_path_factory):
+    """The first SLICE_USERS users of ml-100k as an atomic dataset `ml-slice`; returns data_path."""
+    import recbole
+
+    src = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+    root = tmp_path_factory.mktemp("data")
+    (root / "ml-slice").mkdir()
+    with open(src, encoding="utf-8") as f, open(root / "ml-slice" / "ml-slice.inter", "w", encoding="utf-8") as g:
+        g.write(f.readline())
+        for line in f:
+            if int(line.split("\t", 1)[0]) <= SLICE_USERS:
+                g.write(line)
+    return root
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short per-test Ray session folder (Unix socket paths must stay short)."""
+    d = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield d
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def no_ray_left():
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("a test left Ray running")
+
+
+# ----------------------------------------------------------------------------------------------
+# the space: Ray Tune's vocabulary in YAML
+
+
+def test_space_vocabulary_becomes_ray_domains(tmp_path):
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "rec_loss: SL\n"
+        "loss_tau: {grid_search: [0.05, 0.1]}\n"
+        "learning_rate: {loguniform: [1e-4, 1e-2]}\n"
+        "neg_num: {choice: [16, 32]}\n"
+        "embedding_size: {randint: {lower: 8, upper: 33}}\n"
+        "weight_decay: {quniform: [0.0, 0.1, 0.01]}\n"
+        "tune_options: {search_alg: random, num_samples: 3}\n"
+    )
+    sp = load_space(f)
+    assert sp.constants() == {"rec_loss": "SL"}
+    assert sp.searched() == ["loss_tau", "learning_rate", "neg_num", "embedding_size", "weight_decay"]
+    assert sp.options == {"search_alg": "random", "num_samples": 3}
+    ps = sp.param_space()
+    assert ps["loss_tau"] == {"grid_search": [0.05, 0.1]}
+    assert isinstance(ps["learning_rate"], Float) and ps["learning_rate"].lower == 1e-4  # 1e-4 read as a float
+    assert isinstance(ps["neg_num"], Categorical) and ps["neg_num"].categories == [16, 32]
+    assert isinstance(ps["embedding_size"], Integer) and (ps["embedding_size"].lower, ps["embedding_size"].upper) == (8, 33)
+    # model-based and random searches draw grid points as categories
+    assert isinstance(sp.param_space(grid_as_choice=True)["loss_tau"], Categorical)
+    assert sp.grid_size() == 2
+    # representative values cover every category and the ends of every range
+    assert sp.params["embedding_size"].representatives() == [8, 32]
+    assert sp.params["learning_rate"].representatives()[0] == 1e-4
+    assert sp.params["learning_rate"].representatives()[-1] == 1e-2
+    assert set(SAMPLERS) >= {"grid_search", "choice", "uniform", "loguniform", "randint"}
+
+
+BAD_SPACES = [
+    ({"loss_tau": {"grid_search": [0.1, -1]}}, "loss_tau=-1", "> 0"),
+    ({"loss_taux": {"grid_search": [0.1]}}, "loss_taux", "did you mean loss_tau"),
+    ({"loss_tau": {"gird_search": [0.1, 0.2]}}, "loss_tau=", "'gird_search' is not a Ray Tune sampler"),
+    ({"learning_rate": {"loguniform": [0, 0.1]}}, "learning_rate=", "lower bound greater than 0"),
+    ({"loss_tau": {"uniform": [0.1]}}, "loss_tau=", "ray.tune.uniform"),
+    ({"loss_tau": {"grid_search": []}}, "loss_tau=", "non-empty list"),
+    ({"loss_tau": {"grid_search": [0.1], "choice": [0.2]}}, "loss_tau=", "exactly one Ray Tune sampler"),
+    ({"rec_loss": "PSL", "psl_activation": {"choice": ["tanh", "gelu"]}}, "psl_activation='gelu'", "'relu'"),
+    ({"rec_loss": {"grid_search": ["SL", "XL"]}}, "rec_loss='XL'", "'BSL'"),
+    ({"model": {"grid_search": ["BPR", "Pop"]}}, "model='Pop'", "LightGCN"),
+    ({"dsl_alpha": {"uniform": [0.0, 1.5]}, "rec_loss": "DSL"}, "dsl_alpha=1.5", "[0, 1]"),
+    ({"gpu_id": {"grid_search": ["0", "1"]}}, "gpu_id=", "gpus_per_trial"),
+    ({"valid_metric": {"choice": ["NDCG@20", "Recall@20"]}}, "valid_metric=", "cannot itself be searched"),
+    ({"tune_options": {"num_sample": 3}, "loss_tau": 0.1}, "tune_options.num_sample", "num_samples"),
+    ({"loss_tau": {"grid_search": [0.1]}, "tune_options": {"search_alg": "bayes"}}, "search_alg='bayes'", "optuna"),
+    ({"loss_tau": {"grid_search": [0.1]}, "tune_options": {"scheduler": "hyperband"}}, "scheduler='hyperband'", "asha"),
+]
+
+
+@pytest.mark.parametrize("space,key,allowed", BAD_SPACES, ids=[b[1] for b in BAD_SPACES])
+def test_invalid_space_fails_before_ray_starts(space, key, allowed, tmp_path, no_ray_left):
+    import ray
+
+    with pytest.raises(ConfigError) as e:
+        run_tune(space, config_dict={"gpu_id": ""}, storage_path=tmp_path / "res")
+    msg = str(e.value)
+    assert key in msg and allowed in msg, msg
+    assert not ray.is_initialized()
+    assert not (tmp_path / "res").exists()  # no experiment folder, no trial
+
+
+def test_key_on_command_line_and_in_space_is_refused(tmp_path, no_ray_left):
+    with pytest.raises(ConfigError, match="loss_tau.*command line"):
+        run_tune({"loss_tau": {"grid_search": [0.1, 0.2]}}, cmd_args=["--loss_tau=0.5", "--gpu_id="],
+                 storage_path=tmp_path)
+
+
+def test_cli_bad_space_exits_2_before_any_trial(tmp_path):
+    space = tmp_path / "bad.yaml"
+    space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, -1]}\n")
+    r = run_cli(f"--tune={space}", f"--tune_dir={tmp_path / 'res'}", "--gpu_id=")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "loss_tau=-1" in r.stderr and "> 0" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "Trial" not in r.stdout and not (tmp_path / "res").exists()
+
+
+def test_cli_search_options_need_tune():
+    r = run_cli("--tune_samples=3")
+    assert r.returncode == 2 and "--tune_samples" in r.stderr and "--tune=SPACE.yaml" in r.stderr
+
+
+def test_model_and_dataset_come_from_config_files_when_not_given(tmp_path):
+    from recbole_dsl.tune.runner import key_from_sources
+
+    f = tmp_path / "best.yaml"
+    f.write_text("model: LightGCN\ndataset: ml-100k\nloss_tau: 0.1\n")
+    assert key_from_sources("model", [str(f)], None, [], "BPR") == "LightGCN"
+    assert key_from_sources("model", [str(f)], None, ["--model=BPR"], "BPR") == "BPR"
+    assert key_from_sources("dataset", [], None, [], "ml-100k") == "ml-100k"
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_shipped_spaces_are_valid(path):
+    sp = load_space(path)
+    setup = _build_setup(sp, None, None, None, {"gpu_id": ""}, [], True)
+    assert setup["validated_configs"] >= 1
+    assert setup["config_dict"]["rec_loss"] == path.stem  # one space per loss, named after it
+    assert "loss_tau" in sp.searched()
+
+
+def test_a_shipped_space_can_be_named():
+    assert load_space("SL").source == str(ROOT / "properties" / "tune" / "SL.yaml")
+    assert load_space("PSL.yaml").params["psl_activation"].args == ["tanh", "atan", "relu"]
+    with pytest.raises(ConfigError, match="nosuch.*'BSL'"):
+        load_space("nosuch")
+
+
+def test_shipped_spaces_cover_every_loss_with_the_papers_grids():
+    from recbole_dsl import LOSSES
+
+    assert {p.stem for p in SPACES} == set(LOSSES.names())
+    grid = lambda name, key: load_space(ROOT / "properties" / "tune" / f"{name}.yaml").params[key].args
+    assert grid("SL", "loss_tau") == [0.01, 0.025, 0.05, 0.1, 0.2, 0.5]  # LOSSES.md, SL
+    assert grid("PSL", "loss_tau") == [0.005, 0.025, 0.05, 0.1, 0.25]  # PSL paper, halved convention
+    assert set(grid("PSL", "psl_activation")) == {"tanh", "atan", "relu"}
+    assert min(grid("BSL", "loss_tau")) == 0.05 and max(grid("BSL", "loss_tau")) == 1.0  # BSL's 0.05..1.0
+
+
+def test_large_space_is_validated_key_by_key():
+    sp = parse_space({
+        "rec_loss": {"grid_search": ["SL", "PSL"]},
+        "loss_tau": {"grid_search": [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]},
+        "learning_rate": {"grid_search": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]},
+        "neg_num": {"grid_search": [16, 32, 64, 128]},
+        "psl_activation": {"grid_search": ["tanh", "relu"]},
+    })
+    points = sp.validation_points(cap=100)
+    assert len(points) < 2 * 6 * 5 * 4 * 2
+    for loss in ("SL", "PSL"):  # every value of every key is checked with every loss
+        mine = [p for p in points if p["rec_loss"] == loss]
+        for key in ("loss_tau", "learning_rate", "neg_num", "psl_activation"):
+            assert {p[key] for p in mine} == set(sp.params[key].args)
+
+
+# ----------------------------------------------------------------------------------------------
+# trial isolation (unit level; the end-to-end tests check it in real trials)
+
+
+def test_trial_takes_ray_gpus_and_cpus_not_recboles_defaults(monkeypatch):
+    import ray
+    import torch
+
+    from recbole_dsl.tune.trial import _device_settings, trial_config
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [3])
+    try:
+        assert _device_settings(2) == "3"
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    assert _device_settings(threads) == ""  # no GPU from Ray: CPU, never RecBole's default '0'
+    setup = {"model": "BPR", "dataset": "ml-100k", "config_dict": {"rec_loss": "SL", "gpu_id": "0"}}
+    model, dataset, cfg = trial_config(setup, {"loss_tau": 0.3, "model": "LightGCN"}, "", "/x/checkpoints")
+    assert (model, dataset) == ("LightGCN", "ml-100k")
+    assert cfg == {"rec_loss": "SL", "gpu_id": "", "loss_tau": 0.3, "checkpoint_dir": "/x/checkpoints"}
+
+
+def test_trial_config_does_not_read_the_workers_argv(monkeypatch):
+    from recbole_dsl import Config
+    from recbole_dsl.tune.trial import trial_config
+
+    monkeypatch.setattr(sys, "argv", ["default_worker.py", "--loss_tau=9", "--node-ip-address=127.0.0.1"])
+    setup = {"model": "BPR", "dataset": "ml-100k", "config_dict": {"rec_loss": "SL"}}
+    model, dataset, cfg = trial_config(setup, {"loss_tau": 0.3}, "", "/tmp/x")
+    config = Config(model, dataset, config_dict=cfg, cmd_args=[])
+    assert config["loss_tau"] == 0.3
+
+
+# ----------------------------------------------------------------------------------------------
+# output files (unit level)
+
+
+def test_best_config_yaml_reads_back_with_recboles_loader(tmp_path):
+    from recbole_dsl import Config
+
+    text = rpt.best_config_yaml({"model": "BPR", "dataset": "ml-100k", "rec_loss": "SL", "loss_tau": 0.05,
+                                 "learning_rate": 1e-5, "weight_decay": 0.0, "topk": [20], "gpu_id": ""},
+                                ["Best configuration", "Rerun: ..."])
+    assert text.startswith("# Best configuration\n")
+    f = tmp_path / "best.yaml"
+    f.write_text(text)
+    config = Config(config_file_list=[str(f)], cmd_args=[])
+    assert config["model"] == "BPR" and config["loss_tau"] == 0.05
+    assert config["learning_rate"] == 1e-5 and isinstance(config["learning_rate"], float)
+
+
+def test_plot_draws_one_series_per_loss():
+    rows = [{"rec_loss": loss, "loss_tau": t, "best valid ndcg@20": 0.1 + i * 0.01 + j * 0.001}
+            for i, loss in enumerate(["SL", "BSL"]) for j, t in enumerate([0.05, 0.1, 0.2])]
+    x = rpt.plot_x_key(["rec_loss", "loss_tau"], rows)
+    assert x == "loss_tau"
+    series = rpt.series_keys(["rec_loss", "loss_tau"], rows, x)
+    assert series == ["rec_loss"]
+    svg = rpt.svg_plot(rows, x, "best valid ndcg@20", "validation ndcg@20", series, "t")
+    assert svg.count("<polyline") == 2 and ">SL<" in svg and ">BSL<" in svg and "log scale" not in svg
+    assert svg.lstrip().startswith("<svg") and svg.rstrip().endswith("</svg>")
+
+
+def test_table_sorts_failed_trials_last():
+    rows = [{"s": 0.1}, {"s": None}, {"s": 0.3}, {"s": float("nan")}]
+    assert [r["s"] for r in rpt.sort_rows(rows, "s", bigger=True)][:2] == [0.3, 0.1]
+    assert [r["s"] for r in rpt.sort_rows(rows, "s", bigger=False)][:2] == [0.1, 0.3]
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end
+
+
+@pytest.mark.slow
+def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_data, tmp_path, ray_tmp):
+    space = tmp_path / "sl.yaml"
+    space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.05, 0.2, 0.5]}\n")
+    res = tmp_path / "res"
+    r = run_cli(f"--tune={space}", *cli_args(slice_data), f"--tune_dir={res}", "--tune_name=grid",
+                "--tune_cpus=1", "--tune_max_concurrent=2", "--tune_verbose=1", env={"RAY_TMPDIR": ray_tmp})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = res / "grid"
+    # Ray's live status table, then the sorted summary
+    assert "Trial status:" in r.stdout and "TERMINATED" in r.stdout
+    assert "Trials sorted by validation ndcg@20" in r.stdout
+    rows = read_csv(exp / "trials.csv")
+    assert len(rows) == 3 and {float(x["loss_tau"]) for x in rows} == {0.05, 0.2, 0.5}, r.stdout[-3000:]
+    scores = [float(x["best valid ndcg@20"]) for x in rows]
+    assert scores == sorted(scores, reverse=True) and all(x["status"] == "finished" for x in rows), r.stdout[-3000:]
+    # isolation: own checkpoint folder and RecBole log per trial, 1 torch thread per CPU, CPU device
+    for x in rows:
+        trial_dir = Path(x["trial_dir"])
+        assert len(list((trial_dir / "checkpoints").glob("*.pth"))) == 1
+        assert len(list((trial_dir / "log").rglob("*.log"))) == 1
+        assert x["threads"] == "1" and x["device"] == "cpu" and int(x["epochs"]) == 2
+    # validation reported at every evaluation step
+    progress = read_csv(Path(rows[0]["trial_dir"]) / "progress.csv")
+    assert [int(p["epoch"]) for p in progress] == [1, 2] and all(p["valid_ndcg@20"] for p in progress)
+    assert not any("test" in k for k in progress[0])  # trials never report a test number
+    svg = (exp / "valid_vs_loss_tau.svg").read_text()
+    assert "<polyline" in svg
+    best_yaml = exp / "best_config.yaml"
+    text = best_yaml.read_text()
+    assert f"loss_tau: {rows[0]['loss_tau']}" in text and "model: BPR" in text and "dataset: ml-slice" in text
+    assert "Test of this configuration only" in text
+    assert f"validation ndcg@20 = {float(rows[0]['best valid ndcg@20']):.4f}" in text
+    # the best config file is accepted by the command line unchanged and reproduces the trial
+    # (one torch thread, as in the trial, so the rerun is bit-for-bit the same computation)
+    r2 = run_cli(f"--config_files={best_yaml}", f"--checkpoint_dir={tmp_path / 'ck'}", env={"OMP_NUM_THREADS": "1"})
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    valid = dict(kv.split(": ") for kv in r2.stdout.split("valid: ")[1].splitlines()[0].split(", "))
+    assert float(valid["ndcg@20"]) == pytest.approx(float(rows[0]["best valid ndcg@20"]), abs=2e-4), (r2.stdout, rows)
+
+
+@pytest.mark.slow
+def test_asha_stops_trials_early(slice_data, tmp_path, ray_tmp, no_ray_left):
+    # One trial at a time; ASHA runs the grid in a seeded shuffled order (here 0.2, 0.001, 0.002), and
+    # must stop the temperatures that lag behind 0.2 at its rungs.
+    space = {"rec_loss": "SL", "loss_tau": {"grid_search": [0.2, 0.002, 0.001]}}
+    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_data), epochs=4),
+                      scheduler="asha", grace_period=1, reduction_factor=2, max_concurrent_trials=1,
+                      storage_path=tmp_path, name="asha", num_cpus=2, ray_temp_dir=ray_tmp, verbose=0,
+                      test_best=False)
+    rows = {r["loss_tau"]: r for r in result.rows}
+    assert rows[0.2]["status"] == "finished" and rows[0.2]["epochs"] == 4
+    stopped = [r for r in result.rows if r["status"] == "stopped early"]
+    assert stopped and all(r["epochs"] < 4 for r in stopped)
+    assert result.epochs_total < 3 * 4
+    assert result.best["params"] == {"loss_tau": 0.2}
+    assert len(read_csv(result.csv_path)) == 3
+
+
+@pytest.mark.slow
+def test_failing_trial_is_reported_and_the_search_goes_on(slice_data, tmp_path, ray_tmp, no_ray_left):
+    # neg_num=5000 passes the up-front checks (>= 1) but the slice has ~1400 items: the sampler
+    # refuses it once the dataset is loaded, inside the trial.
+    space = {"rec_loss": "SL", "loss_tau": 0.2, "neg_num": {"grid_search": [16, 5000]}}
+    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_data), epochs=1),
+                      storage_path=tmp_path, name="fail", num_cpus=2, ray_temp_dir=ray_tmp, verbose=0)
+    assert result.num_errors == 1
+    bad = next(r for r in result.rows if r["neg_num"] == 5000)
+    assert bad["status"] == "error" and "neg_num=5000" in bad["error"] and "number of items" in bad["error"]
+    assert result.rows[-1] is bad  # failed trials sort last
+    assert result.best["params"] == {"neg_num": 16} and result.best["test"]["ndcg@20"] >= 0
+    assert "neg_num=5000" in result.summary and os.path.isfile(result.best_config_path)
+    rows = read_csv(result.csv_path)
+    assert len(rows) == 2 and "neg_num=5000" in next(r for r in rows if r["status"] == "error")["error"]
+
+
+@pytest.mark.slow
+def test_optuna_search_through_ray_tune(slice_data, tmp_path, ray_tmp, no_ray_left):
+    space = {"rec_loss": "SL", "loss_tau": {"loguniform": [0.02, 0.5]}, "neg_num": {"grid_search": [16, 32]}}
+    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_data), epochs=1),
+                      search_alg="optuna", num_samples=2, storage_path=tmp_path, name="optuna", num_cpus=2,
+                      ray_temp_dir=ray_tmp, verbose=0, test_best=False)
+    assert len(result.rows) == 2 and result.num_errors == 0, result.summary
+    taus = [r["loss_tau"] for r in result.rows]
+    assert all(0.02 <= t <= 0.5 for t in taus) and len(set(taus)) == 2, result.summary
+    assert {r["neg_num"] for r in result.rows} <= {16, 32}  # the grid became a category for Optuna
+    assert any(Path(result.path).glob("searcher-state-*.pkl")), os.listdir(result.path)  # Optuna's state, for resuming
+
+
+def _done_trials(exp: Path):
+    done = []
+    for rj in exp.glob("recbole_trial_*/result.json"):
+        lines = [l for l in rj.read_text().splitlines() if l.strip()]
+        if lines and json.loads(lines[-1]).get("final"):  # its last evaluation was reported
+            done.append(rj.parent)
+    return done
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_without_redoing_finished_trials(slice_data, tmp_path, ray_tmp):
+    space = tmp_path / "sl.yaml"
+    space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, 0.2, 0.4]}\n")
+    res = tmp_path / "res"
+    exp = res / "resume"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    p = subprocess.Popen(CLI + [f"--tune={space}", *cli_args(slice_data), f"--tune_dir={res}", "--tune_name=resume",
+                                "--tune_max_concurrent=1", "--tune_verbose=0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not _done_trials(exp) and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        assert p.poll() is None, "the search ended before it could be interrupted"
+        p.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the experiment state and stops
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 130, out[-2000:] + err[-3000:]
+    assert "--tune_resume=" in out
+    first = {r["trial_id"]: r for r in read_csv(exp / "trials.csv")}
+    finished = {t for t, r in first.items() if r["status"] == "finished"}
+    assert finished and len(finished) < 3 and not (exp / "best_config.yaml").exists()
+    logs_before = {t: sorted(Path(first[t]["trial_dir"]).joinpath("log").rglob("*.log")) for t in finished}
+
+    r = run_cli(f"--tune_resume={exp}", "--tune_verbose=0", "--tune_no_test", env={"RAY_TMPDIR": ray_tmp})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = {x["trial_id"]: x for x in read_csv(exp / "trials.csv")}
+    assert set(first) <= set(rows) and len(rows) == 3  # the grid's last point is created on resume
+    assert all(x["status"] == "finished" for x in rows.values())
+    for t in finished:  # finished trials were not run again: same single RecBole log, same score
+        assert sorted(Path(rows[t]["trial_dir"]).joinpath("log").rglob("*.log")) == logs_before[t]
+        assert len(logs_before[t]) == 1
+        assert rows[t]["best valid ndcg@20"] == first[t]["best valid ndcg@20"]
+    assert (exp / "best_config.yaml").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_pids(sid):
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields[0] is the state, fields[3] the session id
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+def _ray_start(args, temp_env):
+    """`ray start` in a session of its own: every process of that node keeps its session id."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    ports = [f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+             f"--metrics-export-port={_free_port()}"]
+    p = subprocess.Popen([ray_bin, "start", "--node-ip-address=127.0.0.1", "--num-gpus=0", "--disable-usage-stats",
+                          *ports, *args], start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env=temp_env, stdin=subprocess.DEVNULL)
+    out, _ = p.communicate(timeout=120)
+    return p.pid, p.returncode, out
+
+
+def _stop_session(sid, grace=10):
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while _session_pids(sid) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_search_on_a_two_node_ray_cluster(slice_data, tmp_path, ray_tmp):
+    """A Ray head and a second Ray node on this machine, 1 CPU each; the search joins with the
+    address option and its trials run on both nodes. Both nodes are shut down by the ids of the
+    processes they started (not `ray stop`, which would stop every Ray on the machine)."""
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
+    sessions = []
+    try:
+        head = _ray_start(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                           f"--ray-client-server-port={_free_port()}", f"--temp-dir={ray_tmp}",
+                           "--min-worker-port=0", "--max-worker-port=0"], env)
+        sessions.append(head[0])
+        assert head[1] == 0, head[2][-3000:]
+        node = _ray_start([f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                           "--min-worker-port=0", "--max-worker-port=0"], env)
+        sessions.append(node[0])
+        assert node[1] == 0, node[2][-3000:]
+        space = tmp_path / "sl.yaml"
+        space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, 0.2]}\n")
+        res = tmp_path / "res"
+        # two 1-CPU trials on two 1-CPU nodes start together: one lands on each node
+        r = run_cli(f"--tune={space}", *cli_args(slice_data, epochs=1), f"--tune_dir={res}", "--tune_name=cluster",
+                    f"--tune_address=127.0.0.1:{port}", "--tune_verbose=0", "--tune_no_test",
+                    env={"RAY_TMPDIR": ray_tmp})
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        rows = read_csv(res / "cluster" / "trials.csv")
+        assert len(rows) == 2 and all(x["status"] == "finished" for x in rows)
+        assert len({x["node"] for x in rows}) == 2  # trials ran on both nodes
+        assert (res / "cluster" / "best_config.yaml").exists()
+    finally:
+        for sid in sessions:
+            _stop_session(sid)
+    for sid in sessions:
+        assert _session_pids(sid) == []  # both nodes are down
