@@ -7,7 +7,7 @@
 (c) per-group NDCG@20 (10 item-popularity groups by training count, `within` mode) of BPR and SL
     on the clean split;
 (d) seconds per training epoch of each sampler at N = 1000 (MF + SL), and the score-path
-    crossover (full / gather / shared) on synthetic tables.
+    crossover (full / gather / shared) on synthetic tables; (x) a finer crossover sweep.
 
 Every run: model selection and early stopping on validation NDCG@20, test once with the best
 checkpoint. Temperatures are fixed (the grid points of bench_quality.py), not tuned per setting.
@@ -191,14 +191,16 @@ def part_d_epochs(reps=3):
     return {k: (statistics.median(v), trainers[k][2]) for k, v in times.items()}
 
 
-def part_d_crossover(reps=3, B=1024, d=64):
+def part_d_crossover(reps=3, B=1024, d=64, sizes=None):
+    """Seconds per batch of the full / gather / shared score paths. ``sizes``: (n_items, [N, ...])
+    pairs; by default a coarse grid (part d), part x sweeps n_items / N from 32 to 80."""
     from recbole_dsl.losses import sl_loss
     from recbole_dsl.scoring import batch_scores
 
     rows = []
-    for n_items in (1_683, 20_000, 100_000):
+    for n_items, ns in sizes or [(n, (16, 128, 1000)) for n in (1_683, 20_000, 100_000)]:
         table = torch.randn(n_items, d, requires_grad=True)
-        for n in (16, 128, 1000):
+        for n in ns:
             u = torch.randn(B, d, requires_grad=True)
             pos = torch.randint(1, n_items, (B,))
             per_row = torch.randint(1, n_items, (B, n))
@@ -223,7 +225,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--losses", nargs="+", default=["SL", "BSL", "PSL", "DSL"])
-    ap.add_argument("--parts", nargs="+", default=["a", "b", "c", "d"])
+    ap.add_argument("--parts", nargs="+", default=["a", "b", "c", "d", "x"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench_out/robustness.md")
     ap.add_argument("--json", default="bench_out/robustness.json", help="raw results; reused (resumed) if present")
@@ -271,6 +273,15 @@ def main():
         for n_items, n, f, g, s in rows:
             out.append(f"| {n_items} | {n} | {n_items / n:.0f} | {f:.4f} | {g:.4f} | {s:.4f} | {'full' if f < g else 'gather'} |")
         results["d"] = {"epochs": {k: v for k, (v, _) in ep.items()}, "crossover": rows}
+        jpath.write_text(json.dumps(results, indent=1))
+    if "x" in args.parts:
+        rows = part_d_crossover(sizes=[(n, [n // r for r in (32, 48, 64, 80)]) for n in (20_000, 100_000)])
+        out.append("\n(x) score-path crossover around the break-even: seconds per batch (B = 1024, d = 64, SL "
+                   "forward + backward, cosine)\n")
+        out.append("| n_items | N | n_items / N | full | gather | shared | faster of full / gather |\n|---|---|---|---|---|---|---|")
+        for n_items, n, f, g, s in rows:
+            out.append(f"| {n_items} | {n} | {n_items / n:.0f} | {f:.4f} | {g:.4f} | {s:.4f} | {'full' if f < g else 'gather'} |")
+        results["x"] = rows
         jpath.write_text(json.dumps(results, indent=1))
     text = "\n".join(out) + "\n"
     Path(args.out).write_text(text)

@@ -28,7 +28,9 @@ SCORE_PATHS = ("auto", "full", "gather")
 
 # "full" is chosen while n_items <= FULL_PATH_RATIO * N. A dense GEMM element costs about a
 # hundredth of a gathered-and-scattered one on CPU (benchmarks/bench_speed.py, score-path rows),
-# so the matrix product over the whole catalogue wins far past n_items == N.
+# so the matrix product over the whole catalogue wins far past n_items == N. Re-measured with
+# backward (BENCHMARKS.md, Robustness (d)): break-even at n_items / N of about 64 (20k items) to
+# 80 (100k items) on a 2-core Xeon.
 FULL_PATH_RATIO = 64.0
 
 

@@ -244,9 +244,11 @@ def test_tensorboard_and_wandb_get_the_loss_parts_and_diagnostics(fast_config, m
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
+    monkeypatch.chdir(tmp_path)  # RecBole writes log_tensorboard/ into the working directory
     wandb = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", wandb)
     trainer = train_lightgcn_dsl(fast_config, log_wandb=True, wandb_project="recbole_dsl_test")
+    trainer.tensorboard.close()  # flushed now, and no writer thread outlives tmp_path
     parts = trainer.model.last_diagnostics
     assert parts and all(k.startswith("dsl_") for k in parts)
 
