@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BASE, header, plugin_run, recbole_run  # noqa: E402
+from common import choose, load_results, plugin_run, recbole_run, repeat, save_results  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 # RecBole's defaults for its own BPR (300 epochs, early stop after 10 evaluations without gain);
@@ -31,8 +31,10 @@ VARIANTS = {
     # BSL: tau2 (negative side) on SL's grid points, tau1 at or above it (c = tau2/tau1 in 0.5..1).
     "BSL per-row": ({"rec_loss": "BSL", "bsl_group_positives": False},
                     [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25))]),
+    # User-grouped BSL lost ground as tau1 fell (the positive LME then favours a user's easy
+    # positives), so its grid also reaches tau1 well above tau2.
     "BSL user-grouped": ({"rec_loss": "BSL", "train_batch_mode": "user", "positives_per_user": 4},
-                         [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25))]),
+                         [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25), (0.2, 0.5), (0.2, 1.0))]),
     # PSL's halved convention: 0.05 here is SL's 0.1, 0.1 is SL's 0.2.
     "PSL tanh": ({"rec_loss": "PSL", "psl_activation": "tanh"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
     "PSL atan": ({"rec_loss": "PSL", "psl_activation": "atan"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
@@ -70,38 +72,29 @@ def main():
 
         torch.set_num_threads(args.threads)
     seeds = [2020 + i for i in range(args.seeds)]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    results = {}
+    # Resumable: what the results file already holds (same grid point, same seed) is not rerun.
+    results = load_results(args.out)
+
+    def save():
+        save_results(results, args.out)
+
     # RecBole's own BPR model: its sampler (1 negative), its loss, no temperature.
-    runs, data = [], None
     if not args.skip_recbole and (args.only is None or "RecBole BPR" in args.only):
-        for s in seeds:
-            r, _ = train_eval("recbole", None, s)
-            runs.append(r)
-            print("RecBole BPR", s, r["test"], r["epochs"], flush=True)
-        results["RecBole BPR (own model, 1 neg)"] = {"chosen": {}, "runs": runs, "grid": []}
+        entry = results.setdefault("RecBole BPR (own model, 1 neg)", {"chosen": {}, "runs": [], "grid": []})
+        repeat(entry, seeds, lambda s, p: train_eval("recbole", None, s)[0], save)
     _, _, _, data = plugin_run("BPR", rec_loss="SL")  # the same split for every plugin run
     names = [n for n in VARIANTS if args.only is None or n in args.only]
-    # Phase 1: every variant's validation choice (seed 2020); phase 2: the other seeds, round-robin,
-    # so an interrupted run still reports every variant. Results are saved after every run.
+
+    def train(name):
+        return lambda s, point: train_eval("plugin", data, s, **VARIANTS[name][0], **point)[0]
+
+    # Phase 1: every variant's validation choice (first seed); phase 2: the other seeds,
+    # round-robin, so an interrupted run still reports every variant.
     for name in names:
-        fixed, grid = VARIANTS[name]
-        scored = []
-        for point in grid:
-            r, _ = train_eval("plugin", data, seeds[0], **fixed, **point)
-            scored.append((r["valid"]["ndcg@20"], point, r))
-            print(name, point, "valid", r["valid"], flush=True)
-        _, chosen, first = max(scored, key=lambda x: x[0])
-        results[name] = {"chosen": chosen, "runs": [first], "grid": [(v, p) for v, p, _ in scored]}
-        json.dump(results, open(args.out, "w"), indent=1)
+        choose(results.setdefault(name, {}), VARIANTS[name][1], seeds[0], train(name), save)
     for s in seeds[1:]:
         for name in names:
-            fixed, _ = VARIANTS[name]
-            r = train_eval("plugin", data, s, **fixed, **results[name]["chosen"])[0]
-            results[name]["runs"].append(r)
-            print(name, s, r["test"], flush=True)
-            json.dump(results, open(args.out, "w"), indent=1)
-    json.dump(results, open(args.out, "w"), indent=1)
+            repeat(results[name], [s], train(name), save)
     print(report(results, seeds))
 
 
@@ -109,13 +102,15 @@ def report(results, seeds=None):
     def ms(xs):
         return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs) if len(xs) > 1 else 0:.4f}"
 
-    ref = None
+    own = "RecBole BPR (own model, 1 neg)"
+    order = [own] * (own in results) + [k for k in results if k != own]
+    ref = statistics.mean(x["test"]["ndcg@20"] for x in results[order[0]]["runs"]) if results else None
     lines = ["| variant | chosen on validation | test Recall@20 | test NDCG@20 | NDCG vs RecBole BPR | epochs (mean) |",
              "|---|---|---|---|---|---|"]
-    for name, r in results.items():
+    for name in order:
+        r = results[name]
         rec = [x["test"]["recall@20"] for x in r["runs"]]
         nd = [x["test"]["ndcg@20"] for x in r["runs"]]
-        ref = ref or statistics.mean(nd)
         chosen = ", ".join(f"{k}={v}" for k, v in r["chosen"].items()) or "-"
         lines.append(f"| {name} | {chosen} | {ms(rec)} | {ms(nd)} | {statistics.mean(nd) / ref - 1:+.1%} | "
                      f"{statistics.mean(x['epochs'] for x in r['runs']):.0f} |")

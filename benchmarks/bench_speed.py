@@ -38,6 +38,8 @@ def epoch_ratios(reps):
         "MF+SL N=1000": plugin_run("BPR", data=data, **SL)[2],
         "MF+DSL N=1000 (defaults)": plugin_run("BPR", data=data, **{**SL, "rec_loss": "DSL"})[2],
         "LightGCN+SL N=1000": plugin_run("LightGCN", data=data, **SL)[2],
+        "MF+SL N=256": plugin_run("BPR", data=data, **{**SL, "neg_num": 256})[2],
+        "MF+DSL N=256 (defaults)": plugin_run("BPR", data=data, **{**SL, "neg_num": 256, "rec_loss": "DSL"})[2],
     }
     _, _, lgcn_bpr, lgcn_data = recbole_run("LightGCN")
     times = {k: [] for k in ["RecBole BPR", "RecBole LightGCN", *variants]}
@@ -54,12 +56,13 @@ def epoch_ratios(reps):
 
 
 def time_to_quality():
-    """RecBole BPR with its default training settings vs MF + SL (N = 1000), both to convergence."""
+    """RecBole BPR with its default training settings vs MF + SL at N = 1000, 256 and 64, all
+    to convergence (same learning rate, batch size and early stopping)."""
     log = {}
-    for name, make in [
-        ("RecBole BPR", lambda: recbole_run("BPR", epochs=300, stopping_step=10)),
-        ("MF+SL N=1000", lambda: plugin_run("BPR", epochs=300, stopping_step=10, **SL)),
-    ]:
+    runs = [("RecBole BPR", lambda: recbole_run("BPR", epochs=300, stopping_step=10))]
+    for n in (1000, 256, 64):
+        runs.append((f"MF+SL N={n}", lambda n=n: plugin_run("BPR", epochs=300, stopping_step=10, **{**SL, "neg_num": n})))
+    for name, make in runs:
         _, _, trainer, data = make()
         curve, t0 = [], [time.perf_counter()]
 
@@ -84,15 +87,36 @@ def profile_sl_epoch():
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
 
 
-def peak_memory(variant: str) -> float:
-    """Child process: peak RSS growth (MiB) over one training epoch, after data and model are built."""
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_memory(variant: str) -> dict:
+    """Child process: resident memory (MiB) after data and model are built, and its peak during
+    one training epoch (sampled every millisecond; ru_maxrss cannot see it, the data loading
+    peaks higher)."""
+    import threading
+
     if variant == "RecBole BPR":
         _, _, tr, data = recbole_run("BPR")
     else:
         _, _, tr, data = plugin_run("BPR", **({**SL, "rec_loss": "DSL"} if "DSL" in variant else SL))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    timed_epoch(tr, data[0])
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    timed_epoch(tr, data[0])  # allocator warm-up: measure a steady-state epoch
+    base = _rss_mib()
+    peak, stop = [base], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    timed_epoch(tr, data[0], 1)
+    stop.set()
+    t.join()
+    return {"before": base, "peak": peak[0], "growth": peak[0] - base}
 
 
 def crossover(reps=3):
@@ -125,41 +149,56 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-ttq", action="store_true")
+    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     ap.add_argument("--memory-child", default=None)
     ap.add_argument("--out", default="bench_out/speed.md")
     args = ap.parse_args()
     if args.memory_child:
         print(json.dumps(peak_memory(args.memory_child)))
         return
+    parts = set(args.parts.split(","))
     out = [header("python benchmarks/bench_speed.py " + " ".join(sys.argv[1:]))]
-    med, _ = epoch_ratios(args.reps)
-    out.append("\n(a) seconds per training epoch (median of %d interleaved epochs)\n" % args.reps)
-    out.append("| variant | s/epoch | vs RecBole BPR | vs MF+SL N=1000 |\n|---|---|---|---|")
-    for k, v in med.items():
-        out.append(f"| {k} | {v:.3f} | {v / med['RecBole BPR']:.2f}x | {v / med['MF+SL N=1000']:.2f}x |")
-    if not args.skip_ttq:
+    if "a" in parts:
+        med, _ = epoch_ratios(args.reps)
+        out.append("\n(a) seconds per training epoch (median of %d interleaved epochs)\n" % args.reps)
+        out.append("| variant | s/epoch | vs RecBole BPR | vs MF+SL N=1000 |\n|---|---|---|---|")
+        for k, v in med.items():
+            out.append(f"| {k} | {v:.3f} | {v / med['RecBole BPR']:.2f}x | {v / med['MF+SL N=1000']:.2f}x |")
+    if "b" in parts and not args.skip_ttq:
         target, first, log = time_to_quality()
         out.append(f"\n(b) time to quality: RecBole BPR's best validation NDCG@20 = {target:.4f}\n")
-        out.append("| variant | seconds to first reach it | epochs run | best valid NDCG@20 |\n|---|---|---|---|")
+        out.append("| variant | seconds to first reach it | vs RecBole BPR | epoch of it | epochs run | best valid NDCG@20 |\n"
+                   "|---|---|---|---|---|---|")
         for k, c in log.items():
             tt = first[k]
-            out.append(f"| {k} | {'never' if tt is None else f'{tt:.1f}'} | {len(c)} | {max(s for _, s in c):.4f} |")
-        if first["MF+SL N=1000"] is not None:
-            out.append(f"\nratio MF+SL / RecBole BPR: {first['MF+SL N=1000'] / first['RecBole BPR']:.2f}x")
-    out.append("\n(c) peak RSS growth over one training epoch (fresh process each)\n")
-    out.append("| variant | MiB |\n|---|---|")
-    for v in ("RecBole BPR", "MF+SL N=1000", "MF+DSL N=1000"):
-        r = subprocess.run([sys.executable, __file__, "--memory-child", v], capture_output=True, text=True)
-        out.append(f"| {v} | {float(r.stdout.strip().splitlines()[-1]):.0f} |")
-    out.append("\nprofile of one MF+SL N=1000 epoch (self CPU time):\n\n```\n" + profile_sl_epoch() + "\n```")
-    out.append("\n(d) score-path crossover: seconds per batch (B=2048, d=64, SL forward+backward, cosine)\n")
-    out.append("| n_items | N | full | gather | faster |\n|---|---|---|---|---|")
-    for n_items, n, f, g in crossover():
-        out.append(f"| {n_items} | {n} | {f:.4f} | {g:.4f} | {'full' if f < g else 'gather'} |")
+            ep = next((i + 1 for i, (_, s) in enumerate(c) if s >= target), None)
+            ratio = "-" if tt is None else f"{tt / first['RecBole BPR']:.2f}x"
+            out.append(f"| {k} | {'never' if tt is None else f'{tt:.1f}'} | {ratio} | {ep or '-'} | {len(c)} | "
+                       f"{max(s for _, s in c):.4f} |")
+    if "c" in parts:
+        out += memory_and_profile()
+    if "d" in parts:
+        out.append("\n(d) score-path crossover: seconds per batch (B=2048, d=64, SL forward+backward, cosine)\n")
+        out.append("| n_items | N | full | gather | faster |\n|---|---|---|---|---|")
+        for n_items, n, f, g in crossover():
+            out.append(f"| {n_items} | {n} | {f:.4f} | {g:.4f} | {'full' if f < g else 'gather'} |")
     text = "\n".join(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
+
+
+def memory_and_profile():
+    out = []
+    out.append("\n(c) resident memory, fresh process each: after data and model are built, and the peak "
+               "during a (second) training epoch\n")
+    out.append("| variant | RSS before epoch (MiB) | peak during epoch (MiB) | growth (MiB) |\n|---|---|---|---|")
+    for v in ("RecBole BPR", "MF+SL N=1000", "MF+DSL N=1000"):
+        r = subprocess.run([sys.executable, __file__, "--memory-child", v], capture_output=True, text=True)
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        out.append(f"| {v} | {m['before']:.0f} | {m['peak']:.0f} | {m['growth']:.0f} |")
+    out.append("\nprofile of one MF+SL N=1000 epoch (self CPU time):\n\n```\n" + profile_sl_epoch() + "\n```")
+    return out
 
 
 if __name__ == "__main__":

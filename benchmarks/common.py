@@ -76,4 +76,67 @@ def timed_epoch(trainer, train_data, epoch=0) -> float:
 
 def header(cmd: str) -> str:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    rev += " (with uncommitted changes)" if dirty else ""
     return f"command: `{cmd}`\n\ndate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {rev}; machine: {machine()}\n"
+
+
+# --- resumable "choose on validation, then repeat over seeds" runs (bench_quality, bench_dsl) ---
+
+def load_results(path) -> dict:
+    import json
+
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def save_results(results: dict, path) -> None:
+    """Write atomically so an interrupted benchmark never leaves a truncated file behind."""
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(p)
+
+
+def _key(point: dict) -> str:
+    import json
+
+    return json.dumps(point, sort_keys=True)
+
+
+def choose(entry: dict, grid, seed: int, train, save) -> None:
+    """Phase 1 of a variant: train every grid point not yet in ``entry["grid"]`` at ``seed`` and
+    keep the point with the best validation NDCG@20 as ``entry["chosen"]`` (its run becomes the
+    first of ``entry["runs"]``). Test numbers play no part in the choice."""
+    entry.setdefault("grid", [])
+    entry.setdefault("runs", [])
+    done = {_key(p) for _, p in entry["grid"]}
+    for point in grid:
+        if _key(point) in done:
+            continue
+        r = train(seed, point)
+        r["seed"] = seed
+        v = r["valid"]["ndcg@20"]
+        best = max((s for s, _ in entry["grid"]), default=float("-inf"))
+        entry["grid"].append((v, point))
+        if v > best:  # a new choice: runs of the old one no longer belong to this variant
+            entry["chosen"], entry["runs"] = point, [r]
+        save()
+        print("grid", point, "valid ndcg@20", v, flush=True)
+
+
+def repeat(entry: dict, seeds, train, save) -> None:
+    """Phase 2: train the chosen point at every seed that has no run yet."""
+    have = {r.get("seed") for r in entry["runs"]}
+    for s in seeds:
+        if s in have:
+            continue
+        r = train(s, entry["chosen"])
+        r["seed"] = s
+        entry["runs"].append(r)
+        save()
+        print("seed", s, entry["chosen"], "test", r["test"], flush=True)

@@ -78,10 +78,10 @@ def batch_scores(
                 items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
                 item_sim = items_c[pos_item] @ items_c[shared].t()
     elif path == "full":
-        # One gather for positives and negatives: one [B, n_items] gradient buffer, not two.
-        cols = torch.cat([pos_item.unsqueeze(1), neg_item], dim=1)
-        picked = (u @ items.t()).gather(1, cols)  # [B, 1 + N]
-        pos, neg = picked[:, 0], picked[:, 1:]
+        # Positives by a row-wise dot product: concatenating them to the negatives' columns
+        # would copy the whole [B, N] index every batch for one column.
+        pos = (u * items[pos_item]).sum(-1)
+        neg = (u @ items.t()).gather(1, neg_item)
         if with_item_sim:
             with torch.no_grad():
                 items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)

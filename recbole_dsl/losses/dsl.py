@@ -116,13 +116,15 @@ def _log_temperatures(
     eps: float, mask: Optional[Tensor] = None, rows: Optional[Tensor] = None,
 ) -> Tensor:
     """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau.
-    ``d`` is neg - pos[:, None] (reused when the slate is all N negatives).
+    ``d`` is neg - pos[:, None] when the caller has it (None: computed here, without autograd).
 
     With a mask the slate is the min(K, valid) highest-scoring valid negatives, and the batch
     statistics (standardisation, geometric mean) run over the rows with a valid negative
     (``rows``); the other rows get tau (their loss is discarded)."""
     b, n = neg.shape
     log_tau = math.log(tau)
+    if d is None:
+        d = neg.detach() - pos.detach().unsqueeze(1)
     k = n if slate_size is None else int(slate_size)
     if mask is not None:
         k = min(k, n)  # masked rows use min(K, valid negatives) anyway (in_batch: N is the batch size)
@@ -135,7 +137,7 @@ def _log_temperatures(
             slate_d = d.detach()
         else:  # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
             slate_d = torch.topk(neg.detach(), k, dim=1, sorted=False).values - pos.detach().unsqueeze(1)
-        intensity = torch.sigmoid(slate_d * (1.0 / tau)).mean(dim=1)
+        intensity = (slate_d * (1.0 / tau)).sigmoid_().mean(dim=1)
         mean = intensity.mean()
         std = intensity.std(unbiased=False)
         z = (intensity - mean) / (std + eps)
@@ -183,22 +185,24 @@ def _dsl_parts(
     n = neg.shape[1]
     mask, rows = prepare_mask(neg, neg_mask)
     n_valid = None if mask is None else mask.sum(dim=1)
-    d = neg - pos.unsqueeze(1)
     log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid) if kappa != 0 else None
-    log_tau_b = (_log_temperatures(pos, neg, d, tau, slate_size, gamma, tau_range, eps, mask, rows)
+    log_tau_b = (_log_temperatures(pos, neg, None, tau, slate_size, gamma, tau_range, eps, mask, rows)
                  if gamma != 0 else None)
-    inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b).unsqueeze(1)
-    log_n = math.log(n) if mask is None else torch.log(n_valid.to(d.dtype))
+    inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b)
+    log_n = math.log(n) if mask is None else torch.log(n_valid.to(neg.dtype))
+    # logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) == logsumexp_j(s_n[j] / tau_b + log w_j) - s_p / tau_b:
+    # the positive is subtracted after the reduction (no [B, N] difference, forward or backward).
+    pos_logit = pos / tau if inv_tau is None else pos * inv_tau
     if log_w is None:
-        logits = d / tau if inv_tau is None else d * inv_tau
+        logits = neg / tau if inv_tau is None else neg * inv_tau.unsqueeze(1)
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))
-        loss = torch.logsumexp(logits, dim=1) - log_n
+        loss = torch.logsumexp(logits, dim=1) - pos_logit - log_n
     else:
         u, o = log_w  # u is already -inf at masked entries
-        # d / tau_b + u in one fused kernel (one [B, N] temporary fewer)
-        logits = torch.add(u, d, alpha=1.0 / tau) if inv_tau is None else torch.addcmul(u, d, inv_tau)
-        loss = torch.logsumexp(logits, dim=1) + (o - log_n)
+        # s_n / tau_b + u in one fused kernel (one [B, N] temporary fewer)
+        logits = torch.add(u, neg, alpha=1.0 / tau) if inv_tau is None else torch.addcmul(u, neg, inv_tau.unsqueeze(1))
+        loss = torch.logsumexp(logits, dim=1) - pos_logit + (o - log_n)
     if rows is not None:
         loss = torch.where(rows, loss, torch.zeros_like(loss))
     return loss, log_tau_b, log_w
@@ -362,8 +366,7 @@ class DSLLoss(RecLoss):
         if self._last_log_w is not None:
             u, o = self._last_log_w
             # masked negatives (log w = -inf) are not weights: left out of the min and the median
-            masked = torch.isneginf(u)
-            u_min = u.masked_fill(masked, float("inf")) if self._last_masked else u
+            u_min = u.masked_fill(torch.isneginf(u), float("inf")) if self._last_masked else u
             # min / max exact from row reductions, without materialising the [B, N] weights
             w_min = (u_min.amin(dim=1) + o).min().float().exp()
             w_max = (u.amax(dim=1) + o).max().float().exp()
