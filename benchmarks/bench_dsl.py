@@ -35,7 +35,8 @@ DSL_GRID = [{"rec_loss": "DSL", "loss_tau": t, "dsl_kappa": k, "dsl_alpha": 0.5,
 
 def run(model, data, seed, **kw):
     t = time.perf_counter()
-    _, _, trainer, data = plugin_run(model, data=data, **{**TRAIN, **kw})
+    # seed sets the model initialisation, negative draws and batch order; the split is ``data``'s
+    _, _, trainer, data = plugin_run(model, data=data, **{**TRAIN, **kw, "seed": seed})
     init_seed(seed, True)
     _, valid = trainer.fit(data[0], data[1], saved=True)
     test = trainer.evaluate(data[2], load_best_model=True)

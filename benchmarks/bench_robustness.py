@@ -43,9 +43,12 @@ LOSSES = {
     "BPR": {"rec_loss": "BPR"},
     "SL": {"rec_loss": "SL", "loss_tau": 0.2},
     # user-grouped batches: BSL's positive side (its answer to noisy positives) needs them
-    "BSL": {"rec_loss": "BSL", "loss_tau": 0.2, "loss_tau_pos": 0.25, "train_batch_mode": "user"},
+    # tau1 = 1.0: the validation choice of bench_quality.py for user-grouped BSL
+    "BSL": {"rec_loss": "BSL", "loss_tau": 0.2, "loss_tau_pos": 1.0, "train_batch_mode": "user"},
     "PSL": {"rec_loss": "PSL", "loss_tau": 0.1, "psl_activation": "tanh"},  # = SL's 0.2 (halved convention)
-    "DSL": {"rec_loss": "DSL"},  # properties/loss/DSL.yaml defaults
+    # properties/loss/DSL.yaml defaults = bench_dsl.py's validation choice on MF: tau 0.3, kappa 2,
+    # alpha 0.5, gamma 0.5 (spelled out so that the benchmark does not move with the defaults)
+    "DSL": {"rec_loss": "DSL", "loss_tau": 0.3, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_gamma": 0.5},
 }
 NOISE = {
     "clean": {},
@@ -224,7 +227,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--losses", nargs="+", default=["SL", "BSL", "PSL", "DSL"])
+    ap.add_argument("--losses", nargs="+", default=["BPR", "SL", "BSL", "PSL", "DSL"])
     ap.add_argument("--parts", nargs="+", default=["a", "b", "c", "d", "x"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench_out/robustness.md")

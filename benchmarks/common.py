@@ -44,13 +44,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def recbole_run(model: str, dataset: str = "ml-100k", **kw):
+def recbole_run(model: str, dataset: str = "ml-100k", data=None, **kw):
     """RecBole's own model class, loss and sampler (rec_loss not involved). The trainer is the
     plugin's only because RecBole's own cannot reload its checkpoints on torch >= 2.6; with
-    rec_loss unset it trains exactly like RecBole's Trainer."""
+    rec_loss unset it trains exactly like RecBole's Trainer. ``data``: reuse prepared loaders (the
+    split depends on the seed it was made with; the model and training then use ``seed``)."""
     cfg = RecBoleConfig(model=model, dataset=dataset, config_dict={**BASE, **kw})
     init_seed(cfg["seed"], cfg["reproducibility"])
-    data = data_preparation(cfg, create_dataset(cfg))
+    if data is None:
+        data = data_preparation(cfg, create_dataset(cfg))
     init_seed(cfg["seed"], cfg["reproducibility"])
     cls = recbole_get_model(model)
     with graph_compat(cls):

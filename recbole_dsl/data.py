@@ -8,6 +8,7 @@ This loader orders each epoch so that up to k positives of one user sit next to 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from recbole.data.dataloader import TrainDataLoader
 
 
@@ -35,7 +36,9 @@ class UserGroupedTrainDataLoader(TrainDataLoader):
 
     def __init__(self, config, dataset, sampler, shuffle=True, positives_per_user=4):
         self.positives_per_user = int(positives_per_user)
-        self._rng = np.random.default_rng(config["seed"])
+        # Seeded from torch's RNG, as RecBole's own shuffle is: init_seed (and so `seed`) governs
+        # the order, and runs that share one prepared dataset still differ by their seed.
+        self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
         self._users = dataset.inter_feat[dataset.uid_field].numpy()
         self._order = grouped_order(self._users, self.positives_per_user, self._rng)
         self._grouped_shuffle = shuffle

@@ -26,8 +26,9 @@ Two choices the spec leaves open, made here:
   bind the rescale is a no-op (the standardised z has batch mean 0).
 
 Cost: no Python loop over rows; the weights are kept as (u, o) with log w = u + o[:, None] so the
-per-row normaliser is added after the logsumexp, the slate intensity reuses d when K = N, and a
-top-K runs once when K < N. The weight cap adds a per-row sort and a logcumsumexp: cheap on a GPU,
+per-row normaliser is added after the logsumexp, so is the positive's logit s_p / tau_b (no [B, N]
+difference under autograd), the slate intensity computes d_j once without autograd, and a top-K
+runs once when K < N. The weight cap adds a per-row sort and a logcumsumexp: cheap on a GPU,
 noticeable on CPU (about 150 ms for B = 2048, N = 1000 on one core), which is why it is off by default.
 """
 from __future__ import annotations
