@@ -40,6 +40,7 @@ def epoch_ratios(reps):
         "LightGCN+SL N=1000": plugin_run("LightGCN", data=data, **SL)[2],
         "MF+SL N=256": plugin_run("BPR", data=data, **{**SL, "neg_num": 256})[2],
         "MF+DSL N=256 (defaults)": plugin_run("BPR", data=data, **{**SL, "neg_num": 256, "rec_loss": "DSL"})[2],
+        "MF+SL N=1000 shared": plugin_run("BPR", data=data, **{**SL, "neg_sampler": "shared"})[2],
     }
     _, _, lgcn_bpr, lgcn_data = recbole_run("LightGCN")
     times = {k: [] for k in ["RecBole BPR", "RecBole LightGCN", *variants]}
@@ -62,6 +63,10 @@ def time_to_quality():
     runs = [("RecBole BPR", lambda: recbole_run("BPR", epochs=300, stopping_step=10))]
     for n in (1000, 256, 64):
         runs.append((f"MF+SL N={n}", lambda n=n: plugin_run("BPR", epochs=300, stopping_step=10, **{**SL, "neg_num": n})))
+    # Both at a 5x larger learning rate (not RecBole's default): does the gap depend on it?
+    runs.append(("RecBole BPR, lr 5e-3", lambda: recbole_run("BPR", epochs=300, stopping_step=10, learning_rate=0.005)))
+    runs.append(("MF+SL N=256, lr 5e-3", lambda: plugin_run("BPR", epochs=300, stopping_step=10, learning_rate=0.005,
+                                                            **{**SL, "neg_num": 256})))
     for name, make in runs:
         _, _, trainer, data = make()
         curve, t0 = [], [time.perf_counter()]

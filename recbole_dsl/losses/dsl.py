@@ -75,11 +75,12 @@ def _log_weights(
             raise ValueError(f"item_sim must have the shape of neg {tuple(neg.shape)}, got {tuple(item_sim.shape)}")
         sim = item_sim.detach().to(neg.dtype)
         a = torch.lerp(sim, neg.detach(), alpha) if alpha > 0 else sim
-    u = kappa * a
+    # a is a fresh [B, N] tensor when alpha is in (0, 1): scale it in place (one allocation less)
+    u = a.mul_(kappa) if 0 < alpha < 1 else kappa * a
     if mask is None:
         o = math.log(n) - torch.logsumexp(u, dim=1)  # log w = log(N * softmax(u))
     else:
-        u = u.masked_fill(~mask, float("-inf"))
+        u = u.masked_fill_(~mask, float("-inf"))  # u is this function's own tensor
         o = torch.log(n_valid.to(u.dtype)) - torch.logsumexp(u, dim=1)
     if max_weight is not None and max_weight < n:  # a weight never exceeds N
         u = _cap_log_weights(u + o.unsqueeze(1), float(max_weight), None if mask is None else n_valid)
@@ -124,13 +125,14 @@ def _log_temperatures(
     (``rows``); the other rows get tau (their loss is discarded)."""
     b, n = neg.shape
     log_tau = math.log(tau)
-    if d is None:
-        d = neg.detach() - pos.detach().unsqueeze(1)
+    own_d = d is None  # a d made here may be overwritten in place
     k = n if slate_size is None else int(slate_size)
     if mask is not None:
         k = min(k, n)  # masked rows use min(K, valid negatives) anyway (in_batch: N is the batch size)
     if not 1 <= k <= n:
         raise ConfigError("dsl_slate_size", slate_size, f"an integer in [1, neg_num={n}]")
+    if own_d and k == n:  # only the whole-row slate needs every d_j
+        d = neg.detach() - pos.detach().unsqueeze(1)
     if mask is None:
         if b == 1:  # z = 0 for a single row
             return neg.new_full((1,), log_tau)
@@ -138,7 +140,8 @@ def _log_temperatures(
             slate_d = d.detach()
         else:  # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
             slate_d = torch.topk(neg.detach(), k, dim=1, sorted=False).values - pos.detach().unsqueeze(1)
-        intensity = (slate_d * (1.0 / tau)).sigmoid_().mean(dim=1)
+        scaled = slate_d.mul_(1.0 / tau) if own_d and k == n else slate_d * (1.0 / tau)
+        intensity = scaled.sigmoid_().mean(dim=1)
         mean = intensity.mean()
         std = intensity.std(unbiased=False)
         z = (intensity - mean) / (std + eps)
