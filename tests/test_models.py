@@ -17,24 +17,21 @@ from recbole.utils import get_model as recbole_get_model, init_seed
 from recbole_dsl import ADAPTERS, LOSSES, Config, ConfigError, get_model, get_trainer
 from recbole_dsl.adapters import REFUSED
 
+from conftest import FAST
+
 pytestmark = pytest.mark.slow
 
 SOURCE = "recbole/dataset_example/ml-100k/ml-100k.inter"
 
+# The end-to-end tests' FAST settings, shrunk further for the model x loss matrix.
 BASE = {
+    **FAST,
     "epochs": 2,
     "eval_step": 2,  # one validation pass, after the second epoch
     "neg_num": 8,
     "train_batch_size": 512,
     "eval_batch_size": 1_000_000,
     "embedding_size": 8,
-    "learning_rate": 0.01,
-    "show_progress": False,
-    "state": "ERROR",
-    "metrics": ["Recall", "NDCG"],
-    "topk": [20],
-    "valid_metric": "NDCG@20",
-    "gpu_id": "",
     "seed": 2020,
 }
 
