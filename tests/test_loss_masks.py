@@ -78,6 +78,18 @@ def test_all_valid_mask_equals_no_mask(name, dtype):
     torch.testing.assert_close(masked, full, **TOL[dtype])
 
 
+def masked_run(loss, dtype, make_mask):
+    """The loss on a test batch with the mask ``make_mask(B, N)``, and its gradients with respect to
+    the positive and negative scores: (pos, neg, sim, log_q, user, mask, loss, d pos, d neg)."""
+    pos, neg, sim, log_q, user = batch(dtype=dtype)
+    pos.requires_grad_(True)
+    neg.requires_grad_(True)
+    mask = make_mask(*neg.shape)
+    out = loss(pos, neg, ctx_of(loss, user, sim, log_q, mask))
+    gp, gn = torch.autograd.grad(out, (pos, neg))
+    return pos, neg, sim, log_q, user, mask, out, gp, gn
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_masked_equals_dropped_columns_in_a_row_loop(name, dtype):
@@ -86,12 +98,7 @@ def test_masked_equals_dropped_columns_in_a_row_loop(name, dtype):
     (BSL per row, DSL without its temperature branch) and tested below."""
     over = {"group_positives": False} if name == "BSL" else {"gamma": 0.0} if name == "DSL" else {}
     loss = make_loss(name, **over)
-    pos, neg, sim, log_q, user = batch(dtype=dtype)
-    pos.requires_grad_(True)
-    neg.requires_grad_(True)
-    mask = variable_mask(*neg.shape)
-    out = loss(pos, neg, ctx_of(loss, user, sim, log_q, mask))
-    gp, gn = torch.autograd.grad(out, (pos, neg))
+    pos, neg, sim, log_q, user, mask, out, gp, gn = masked_run(loss, dtype, variable_mask)
 
     pos_r = pos.detach().clone().requires_grad_(True)
     neg_r = neg.detach().clone().requires_grad_(True)
@@ -115,12 +122,7 @@ def test_masked_equals_compressed_batch(name, dtype):
     grouped positives, DSL's temperatures over the batch, its slate and weight cap) equals the
     loss on the [B, 6] tensor of the remaining columns, values and gradients."""
     loss = make_loss(name)
-    pos, neg, sim, log_q, user = batch(dtype=dtype)
-    pos.requires_grad_(True)
-    neg.requires_grad_(True)
-    mask = constant_mask(*neg.shape)
-    out = loss(pos, neg, ctx_of(loss, user, sim, log_q, mask))
-    gp, gn = torch.autograd.grad(out, (pos, neg))
+    pos, neg, sim, log_q, user, mask, out, gp, gn = masked_run(loss, dtype, constant_mask)
 
     B = neg.shape[0]
     pos_r = pos.detach().clone().requires_grad_(True)
