@@ -8,7 +8,9 @@
 (c) where the time goes (torch profiler, one SL epoch) and peak memory (RSS growth per variant,
     each in a fresh subprocess);
 (d) the score-path crossover: per-batch seconds of the "full" and "gather" paths (forward +
-    backward of SL) for catalogue sizes and N on synthetic tables.
+    backward of SL) for catalogue sizes and N on synthetic tables;
+(e) a lower bound for (a): the epoch's unavoidable parts (loader, the B x N draws, the three
+    products) timed alone, next to RecBole's BPR epoch.
 
     python benchmarks/bench_speed.py [--reps 5] [--skip-ttq]
 """
@@ -54,6 +56,58 @@ def epoch_ratios(reps):
         print({k: round(v, 3) for k, v in row.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     return med, times
+
+
+def floor(reps):
+    """Seconds per epoch of what any exact MF + SL epoch at N = 1000 must do on this machine,
+    next to RecBole's BPR epoch in the same process: iterate RecBole's training loader, draw
+    B x N uniform item ids per batch (numpy's PCG64, the fastest generator here), and the three
+    [B, d] x [d, n_items] products (forward and the two gradients; the "full" path, the cheapest
+    at N = 1000 of 1683 items), in preallocated buffers. Their sum is a lower bound for the
+    epoch: no sampling or scoring scheme with per-row negatives does less."""
+    from recbole_dsl.samplers.base import UniformSampler
+
+    _, _, bpr, data = recbole_run("BPR")
+    _, net, sl_tr, _ = plugin_run("BPR", data=data, **SL)
+    train = data[0]
+    n_items, d = net.n_items, net.item_embedding.weight.shape[1]
+    batches = [int(inter[bpr.model.USER_ID].shape[0]) for inter in train]
+    table = torch.randn(n_items, d)
+    full = torch.empty(max(batches), n_items)
+    grad_u, grad_i = torch.empty(max(batches), d), torch.empty(n_items, d)
+    sampler = UniformSampler(n_items, N)  # no exclusion: draws only
+    excl = net.neg_sampler  # the run's sampler: uniform with exclusion of training positives
+
+    def loader():
+        for _ in train:
+            pass
+
+    def draws():
+        for b in batches:
+            sampler.draw((b, N), "cpu")
+
+    def draws_excl():
+        for inter in train:
+            excl.sample(inter[bpr.model.USER_ID], inter[bpr.model.ITEM_ID])
+
+    def gemms():
+        for b in batches:
+            u, f = torch.randn(b, d), full[:b]
+            torch.mm(u, table.t(), out=f)
+            torch.mm(f, table, out=grad_u[:b])
+            torch.mm(f.t(), u, out=grad_i)
+
+    parts = {"RecBole BPR epoch": lambda: timed_epoch(bpr, train), "MF+SL N=1000 epoch": lambda: timed_epoch(sl_tr, train),
+             "loader only": loader, "uniform draws only (numpy)": draws,
+             "the plugin's sampler (draws + exclusion)": draws_excl, "3 products in buffers": gemms}
+    times = {k: [] for k in parts}
+    for rep in range(reps + 1):
+        for k, f in parts.items():
+            t = time.perf_counter()
+            f()
+            if rep:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def time_to_quality():
@@ -154,7 +208,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-ttq", action="store_true")
-    ap.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    ap.add_argument("--parts", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
     ap.add_argument("--memory-child", default=None)
     ap.add_argument("--out", default="bench_out/speed.md")
     args = ap.parse_args()
@@ -187,6 +241,17 @@ def main():
         out.append("| n_items | N | full | gather | faster |\n|---|---|---|---|---|")
         for n_items, n, f, g in crossover():
             out.append(f"| {n_items} | {n} | {f:.4f} | {g:.4f} | {'full' if f < g else 'gather'} |")
+    if "e" in parts:
+        med = floor(args.reps)
+        bpr = med["RecBole BPR epoch"]
+        lower = med["loader only"] + med["uniform draws only (numpy)"] + med["3 products in buffers"]
+        out.append("\n(e) lower bound of an MF+SL N=1000 epoch: seconds per epoch of its unavoidable parts "
+                   f"(median of {args.reps})\n")
+        out.append("| part | s/epoch | vs RecBole BPR epoch |\n|---|---|---|")
+        for k, v in med.items():
+            out.append(f"| {k} | {v:.3f} | {v / bpr:.2f}x |")
+        out.append(f"| **loader + draws + products (lower bound)** | {lower:.3f} | {lower / bpr:.2f}x |")
+        out.append(f"| 3x RecBole BPR (the target) | {3 * bpr:.3f} | 3.00x |")
     text = "\n".join(out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

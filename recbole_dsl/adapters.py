@@ -44,7 +44,7 @@ from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.registry import Registry
-from recbole_dsl.scoring import FULL_PATH_RATIO, all_item_scores, batch_scores
+from recbole_dsl.scoring import FULL_PATH_RATIO, all_item_scores, batch_scores, mix_affinity
 
 ADAPTERS: Registry = Registry("model")
 
@@ -181,8 +181,9 @@ class Adapter:
         return 1.0
 
     def scores(self, model, out: Forward, rows: Rows, neg_item: Tensor, score_fn: str, path: str,
-               with_item_sim: bool) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """(pos [R], neg [R, N], item_sim [R, N] or None) of the batch's rows."""
+               with_item_sim: bool, sim_alpha: Optional[float] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """(pos [R], neg [R, N], item_sim [R, N] or None) of the batch's rows; with ``sim_alpha``
+        the third is the similarity mixed with the scores (`recbole_dsl.scoring.mix_affinity`)."""
         raise NotImplementedError
 
     def aux_losses(self, model, out: Forward, rows: Rows, neg_item: Tensor) -> Tuple[Tensor, ...]:
@@ -228,14 +229,14 @@ class EmbeddingAdapter(Adapter):
         user_e, items, state = self.user_item(model, rows)
         return Forward(user_e=user_e, items=items, state=state)
 
-    def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim):
+    def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim, sim_alpha=None):
         if rows.row_of is None:
-            return batch_scores(out.user_e, out.items, rows.pos_item, neg_item,
-                                score_fn=score_fn, path=path, with_item_sim=with_item_sim)
+            return batch_scores(out.user_e, out.items, rows.pos_item, neg_item, score_fn=score_fn, path=path,
+                                with_item_sim=with_item_sim, sim_alpha=sim_alpha)
         # User-level batches: one [B_u, n_items] product, then each row's columns.
         pos, neg = _pick_rows(all_item_scores(out.user_e, out.items, score_fn), rows, neg_item)
         sim = item_similarity(out.items, rows.pos_item, neg_item) if with_item_sim else None
-        return pos, neg, sim
+        return pos, neg, mix_affinity(sim, neg, sim_alpha)
 
     def sim_table(self, model):
         return self.all_reps(model)[1]
@@ -517,10 +518,10 @@ class LogitsAdapter(Adapter):
         scores, state = self.logits(model, rows.batch_user, **kwargs)
         return Forward(scores=scores, state=state)
 
-    def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim):
+    def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim, sim_alpha=None):
         pos, neg = _pick_rows(out.scores, rows, neg_item)
         sim = item_similarity(self.sim_table(model), rows.pos_item, neg_item) if with_item_sim else None
-        return pos, neg, sim
+        return pos, neg, mix_affinity(sim, neg, sim_alpha)
 
     def aux_losses(self, model, out, rows, neg_item):
         return tuple(out.state[name] for name in self.aux_names(model))
@@ -658,9 +659,9 @@ class PairAdapter(Adapter):
         users = rows.user.unsqueeze(1).expand_as(cols)
         return Forward(scores=model.forward(users.reshape(-1), cols.reshape(-1)).view(cols.shape))
 
-    def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim):
+    def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim, sim_alpha=None):
         sim = item_similarity(self.sim_table(model), rows.pos_item, neg_item) if with_item_sim else None
-        return out.scores[:, 0], out.scores[:, 1:], sim
+        return out.scores[:, 0], out.scores[:, 1:], mix_affinity(sim, out.scores[:, 1:], sim_alpha)
 
     def sim_table(self, model):
         return model.item_embedding.weight

@@ -47,6 +47,7 @@ class RecLossSettings:
     score_path: str
     train_batch_mode: str
     positives_per_user: int
+    cpu_malloc_tuning: bool = True
 
     @classmethod
     def from_config(cls, cfg) -> "RecLossSettings":
@@ -71,7 +72,12 @@ class RecLossSettings:
         k = cfg["positives_per_user"]
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError("positives_per_user", k, "an integer >= 1")
-        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k)
+        malloc = cfg["cpu_malloc_tuning"]
+        if malloc is None:
+            malloc = True  # configs built without the plugin's defaults (older pickled checkpoints)
+        if not isinstance(malloc, bool):
+            raise ConfigError("cpu_malloc_tuning", malloc, "True or False")
+        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k, malloc)
 
 
 def check_model(model_name: str, model_class) -> None:

@@ -80,12 +80,17 @@ class RecLossRecommender(GeneralRecommender):
         negs = self.neg_sampler.sample(user, pos_item)
         neg_item, neg_log_q = negs.items, negs.log_q
         out = self.adapter.forward(self, rows, neg_item, **kwargs)  # one forward pass of the model
+        sim_alpha = getattr(self.rec_loss_fn, "affinity_alpha", None)
         pos, neg, item_sim = self.adapter.scores(
             self, out, rows, neg_item, self.rec_settings.score_fn, self.score_path,
-            getattr(self.rec_loss_fn, "needs_item_sim", False),
+            getattr(self.rec_loss_fn, "needs_item_sim", False), sim_alpha,
         )
         group = user if rows.group is None else rows.group  # BSL's positive groups
-        ctx = LossContext(user=group, neg_log_q=neg_log_q, item_sim=item_sim, neg_mask=negs.mask)
+        ctx = LossContext(user=group, neg_log_q=neg_log_q, neg_mask=negs.mask)
+        if sim_alpha is None:
+            ctx.item_sim = item_sim
+        else:  # the adapter mixed it already (one product for cosine scores)
+            ctx.neg_affinity = item_sim
         loss = self.rec_loss_fn(pos, neg, ctx)
         scale = self.adapter.rec_scale(self, rows)  # the model's own reduction (mean, sum, per user)
         if scale != 1.0:

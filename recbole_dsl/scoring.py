@@ -22,6 +22,7 @@ from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.samplers.base import is_shared
+from recbole_dsl.workspace import workspace
 
 SCORE_FNS = ("cosine", "dot")
 SCORE_PATHS = ("auto", "full", "gather")
@@ -46,8 +47,53 @@ def choose_score_path(path: str, n_items: int, num_neg: int) -> str:
     return "full" if n_items <= FULL_PATH_RATIO * num_neg else "gather"
 
 
+class _GatherAllScores(torch.autograd.Function):
+    """``(u @ items.T).gather(1, idx)`` with the [B, n_items] product and its gradient in reused
+    buffers.
+
+    Autograd would allocate a fresh [B, n_items] block for the product forward and another for
+    the scattered gradient backward, every batch. On CPU a fresh block of that size comes from
+    the OS page by page (about 1 ms per 4 MB here), which made the forward product cost twice the
+    backward ones of the same size (BENCHMARKS.md, Speed). The product is dead once its columns
+    are gathered, so both can live in one workspace buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
+        full = workspace(u.device, u.dtype).get("full", (u.shape[0], items.shape[0]))
+        torch.mm(u, items.t(), out=full)
+        ctx.save_for_backward(u, items, idx)
+        return full.gather(1, idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, items, idx = ctx.saved_tensors
+        g = workspace(grad.device, grad.dtype).get("full", (u.shape[0], items.shape[0]))
+        g.zero_().scatter_add_(1, idx, grad)
+        grad_u = g @ items if ctx.needs_input_grad[0] else None
+        grad_items = g.t() @ u if ctx.needs_input_grad[1] else None
+        return grad_u, grad_items, None
+
+
+def gather_all_scores(u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
+    """[B, N] scores ``u[b] . items[idx[b, j]]`` through one product with the whole table."""
+    if torch.is_grad_enabled() and (u.requires_grad or items.requires_grad):
+        return _GatherAllScores.apply(u, items, idx)
+    full = workspace(u.device, u.dtype).get("full", (u.shape[0], items.shape[0]))
+    return torch.mm(u, items.t(), out=full).gather(1, idx)
+
+
 def _prep(x: Tensor, score_fn: str) -> Tensor:
     return F.normalize(x, dim=-1) if score_fn == "cosine" else x
+
+
+def mix_affinity(item_sim: Optional[Tensor], neg: Tensor, alpha: Optional[float]) -> Optional[Tensor]:
+    """DSL's reweighting input ``alpha * s_n + (1 - alpha) * item_sim`` (no gradient); ``item_sim``
+    itself when ``alpha`` is None."""
+    if item_sim is None or alpha is None:
+        return item_sim
+    with torch.no_grad():
+        return torch.lerp(item_sim.to(neg.dtype), neg.detach(), float(alpha))
 
 
 def batch_scores(
@@ -58,9 +104,12 @@ def batch_scores(
     score_fn: str = "cosine",
     path: str = "full",
     with_item_sim: bool = False,
+    sim_alpha: Optional[float] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Scores of each row's positive [B] and negatives [B, N], and (optionally, without gradient)
-    the cosine similarity of the row's positive item to each of its negatives [B, N].
+    the cosine similarity of the row's positive item to each of its negatives [B, N], or with
+    ``sim_alpha`` that similarity mixed with the scores, ``alpha * s_n + (1 - alpha) * sim``
+    (see `mix_affinity`).
 
     ``neg_item`` [B, N] per row, or one [N] set expanded over the rows (``is_shared``), which is
     scored with one [B, d] x [d, N] product (``path`` does not matter then)."""
@@ -68,6 +117,18 @@ def batch_scores(
     # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
     items = _prep(item_table, score_fn)
     item_sim = None
+    # With cosine scores both s_n = u . n and sim = p . n are products with the same normalised
+    # item n, so their mix is one product with the mixed query lerp(p, u, alpha): no second
+    # [B, N] block, no mixing pass.
+    one_query = with_item_sim and sim_alpha is not None and score_fn == "cosine"
+
+    def sim_query():
+        p = items.detach()[pos_item]
+        return torch.lerp(p, u.detach(), float(sim_alpha)) if one_query else p
+
+    def sim_items():
+        return items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
+
     if is_shared(neg_item):
         shared = neg_item[0]
         neg_e = items[shared]  # [N, d]
@@ -75,17 +136,19 @@ def batch_scores(
         neg = u @ neg_e.t()
         if with_item_sim:
             with torch.no_grad():
-                items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
-                item_sim = items_c[pos_item] @ items_c[shared].t()
+                items_c = sim_items()
+                q = sim_query() if score_fn == "cosine" else items_c[pos_item]
+                item_sim = q @ items_c[shared].t()
     elif path == "full":
         # Positives by a row-wise dot product: concatenating them to the negatives' columns
         # would copy the whole [B, N] index every batch for one column.
         pos = (u * items[pos_item]).sum(-1)
-        neg = (u @ items.t()).gather(1, neg_item)
+        neg = gather_all_scores(u, items, neg_item)
         if with_item_sim:
             with torch.no_grad():
-                items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
-                item_sim = (items_c[pos_item] @ items_c.t()).gather(1, neg_item)
+                items_c = sim_items()
+                q = sim_query() if score_fn == "cosine" else items_c[pos_item]
+                item_sim = gather_all_scores(q, items_c, neg_item)
     elif path == "gather":
         pos_e = items[pos_item]  # [B, d]
         neg_e = items[neg_item]  # [B, N, d]: B * N * d floats, hence "full" for large N
@@ -96,8 +159,11 @@ def batch_scores(
                 pc = F.normalize(pos_e.detach(), dim=-1)
                 nc = F.normalize(neg_e.detach(), dim=-1)
                 item_sim = torch.bmm(nc, pc.unsqueeze(2)).squeeze(2)
+            return pos, neg, mix_affinity(item_sim, neg, sim_alpha)
     else:
         raise ConfigError("score_path", path, f"one of {list(SCORE_PATHS)}")
+    if item_sim is not None and not one_query:
+        item_sim = mix_affinity(item_sim, neg, sim_alpha)
     return pos, neg, item_sim
 
 

@@ -313,6 +313,23 @@ def test_needs_item_sim_per_instance():
     assert not DSLLoss(kappa=1.0, alpha=0.5, reweight=False).needs_item_sim
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8])
+def test_premixed_affinity_equals_item_sim(alpha):
+    # The score path may hand the loss a = alpha * s_n + (1 - alpha) * sim (LossContext.neg_affinity)
+    # instead of sim: same loss, weights and temperatures.
+    pos, neg, sim = _data(seed=16)
+    kw = dict(kappa=2.0, alpha=alpha, gamma=0.7, slate_size=4, max_weight=2.0, tau_range=2.0)
+    ref, st_ref = dsl_loss(pos, neg, 0.3, item_sim=sim, return_stats=True, **kw)
+    a = alpha * neg + (1 - alpha) * sim
+    got, st = dsl_loss(pos, neg, 0.3, affinity=a, return_stats=True, **kw)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(st["w"], st_ref["w"])
+    m = DSLLoss(tau=0.3, **kw)
+    assert m.affinity_alpha == alpha
+    torch.testing.assert_close(m(pos, neg, LossContext(neg_affinity=a)), ref.mean())
+    assert DSLLoss(kappa=2.0, alpha=1.0).affinity_alpha is None  # hardness only: no similarity at all
+
+
 def test_module_matches_function_and_switches():
     pos, neg, sim = _data(seed=15)
     ctx = LossContext(item_sim=sim)

@@ -57,3 +57,31 @@ def test_score_path_choice_and_bad_path():
     u, items, pos, neg = inputs()
     with pytest.raises(ConfigError, match="score_path='fast'"):
         batch_scores(u, items, pos, neg, "dot", "fast")
+
+
+@pytest.mark.parametrize("score_fn", ["cosine", "dot"])
+@pytest.mark.parametrize("path", ["full", "gather", "shared"])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_mixed_affinity_equals_the_mix_of_scores_and_similarity(score_fn, path, alpha):
+    # DSL's a = alpha * s_n + (1 - alpha) * cos(p, n): for cosine scores the path makes it with one
+    # product of a mixed query; it must equal the mix of the two separate blocks on every path.
+    u, items, pos, neg = inputs(3)
+    if path == "shared":
+        neg = neg[0].expand_as(neg)
+    run = "full" if path == "shared" else path
+    p, n, sim = batch_scores(u, items, pos, neg, score_fn, run, with_item_sim=True)
+    p2, n2, a = batch_scores(u, items, pos, neg, score_fn, run, with_item_sim=True, sim_alpha=alpha)
+    torch.testing.assert_close(n2, n)
+    torch.testing.assert_close(a, alpha * n.detach() + (1 - alpha) * sim)
+    assert not a.requires_grad
+
+
+def test_full_path_product_gradient_float64():
+    # the full path's product lives in a reused buffer with a hand-written backward
+    from recbole_dsl.scoring import gather_all_scores
+
+    u, items, _, neg = inputs(4)
+    assert torch.autograd.gradcheck(lambda a, b: gather_all_scores(a, b, neg), (u, items))
+    # a smaller batch after a larger one reuses the start of the buffer
+    small = neg[:2]
+    torch.testing.assert_close(gather_all_scores(u[:2], items, small), (u[:2] @ items.t()).gather(1, small))

@@ -29,6 +29,9 @@ class LossContext:
     neg_log_q: Optional[Tensor] = None
     # [B, N]: similarity of the row's positive item to each negative item (DSL's reweighting).
     item_sim: Optional[Tensor] = None
+    # [B, N], no gradient: alpha * s_n + (1 - alpha) * item_sim for the alpha the loss asked for
+    # (RecLoss.affinity_alpha); the score path makes it without a separate similarity block.
+    neg_affinity: Optional[Tensor] = None
     # [B, N] bool: True for valid negatives (in_batch / shared samplers mask a row's own positive
     # and its training positives). Masked negatives contribute nothing; a row with no valid
     # negative contributes nothing to the batch loss. None: all valid.
@@ -43,6 +46,9 @@ class RecLoss(nn.Module):
     params: ClassVar[Dict[str, str]] = {}
     # set by losses that need LossContext.item_sim (costs a gather of item representations).
     needs_item_sim: ClassVar[bool] = False
+    # set (per instance) by losses that want LossContext.neg_affinity mixed with this alpha
+    # instead of item_sim; None: not wanted.
+    affinity_alpha: ClassVar[Optional[float]] = None
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         raise NotImplementedError
