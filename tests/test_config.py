@@ -58,6 +58,7 @@ BAD = [
     (dict(rec_loss="SL", train_batch_mode="users"), r"train_batch_mode='users'.*interaction.*user"),
     (dict(rec_loss="SL", positives_per_user=0), r"positives_per_user=0"),
     (dict(rec_loss="SL", exclude_positives="yes"), r"exclude_positives='yes'"),
+    (dict(rec_loss="SL", cpu_malloc_tuning="on"), r"cpu_malloc_tuning='on'.*True or False"),
 ]
 
 
@@ -88,3 +89,17 @@ def test_unsupported_model_without_rec_loss_is_left_to_recbole():
 def test_missing_dataset_folder_fails_without_download(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset='nosuch'.*does not exist"):
         Config(model="BPR", dataset="nosuch", config_dict={"data_path": str(tmp_path), "gpu_id": ""}, cmd_args=[])
+
+
+def test_cpu_malloc_tuning_applies_on_glibc(monkeypatch):
+    import ctypes
+    import sys
+
+    from recbole_dsl import compat
+
+    monkeypatch.setattr(compat, "_malloc_tuned", False)
+    applied = compat.tune_cpu_malloc()
+    if sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt"):
+        assert applied and compat._malloc_tuned  # glibc accepts both settings
+    x = [bytearray(20 << 20) for _ in range(3)]  # blocks below the 32 MB threshold still allocate
+    assert len(x[-1]) == 20 << 20

@@ -85,3 +85,21 @@ def test_full_path_product_gradient_float64():
     # a smaller batch after a larger one reuses the start of the buffer
     small = neg[:2]
     torch.testing.assert_close(gather_all_scores(u[:2], items, small), (u[:2] @ items.t()).gather(1, small))
+
+
+def test_two_full_path_products_in_one_graph_share_the_buffer_safely():
+    # DSL's similarity block and any second scoring call reuse the same workspace buffer before
+    # the first call's backward: values and gradients must still be those of plain autograd.
+    from recbole_dsl.scoring import gather_all_scores
+
+    u, items, _, neg = inputs(5)
+    v = torch.randn_like(u, requires_grad=True)
+    out = (gather_all_scores(u, items, neg) * 2 + gather_all_scores(v, items, neg.flip(1)) ** 2).sum()
+    out.backward()
+    got = (u.grad.clone(), v.grad.clone(), items.grad.clone())
+    u.grad = v.grad = items.grad = None
+    ref = ((u @ items.t()).gather(1, neg) * 2 + (v @ items.t()).gather(1, neg.flip(1)) ** 2).sum()
+    ref.backward()
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(got, (u.grad, v.grad, items.grad)):
+        torch.testing.assert_close(g, r)
