@@ -25,6 +25,7 @@ from recbole_dsl.config import RecLossSettings
 from recbole_dsl.losses import LOSSES, LossContext
 from recbole_dsl.samplers import sampler_from_config
 from recbole_dsl.scoring import all_item_scores, choose_score_path, pair_scores
+from recbole_dsl.workspace import clear_workspaces
 
 
 class RecLossRecommender(GeneralRecommender):
@@ -65,6 +66,8 @@ class RecLossRecommender(GeneralRecommender):
         # Any switch between training and evaluation invalidates cached representations
         # (graph models propagate once per evaluation pass, not once per eval batch).
         self._eval_reps = None
+        if not mode:  # the score path's [B, n_items] buffers are not needed while evaluating
+            clear_workspaces()
         return super().train(mode)
 
     def calculate_loss(self, interaction, **kwargs):

@@ -103,3 +103,14 @@ def test_two_full_path_products_in_one_graph_share_the_buffer_safely():
     torch.testing.assert_close(out, ref)
     for g, r in zip(got, (u.grad, v.grad, items.grad)):
         torch.testing.assert_close(g, r)
+
+
+def test_workspace_buffers_are_freed_for_evaluation():
+    from recbole_dsl.scoring import gather_all_scores
+    from recbole_dsl.workspace import _WORKSPACES, clear_workspaces
+
+    u, items, _, neg = inputs(6)
+    gather_all_scores(u, items, neg)
+    assert _WORKSPACES  # a buffer now lives between batches
+    clear_workspaces()
+    assert not _WORKSPACES
