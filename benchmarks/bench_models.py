@@ -171,6 +171,11 @@ def main():
     ap.add_argument("--time-limit", type=float, default=600, help="seconds of one run before it stops at the "
                     "next evaluation (its best checkpoint so far is tested)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--losses", nargs="*", default=["built-in", "SL", "BSL"],
+                    help="which runs of each model (to split one model's runs over processes; give each its own --out)")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True) for every run, built-in included (the plugin's trainer "
+                         "does it for SL/BSL by default, cpu_flush_denormal); NAIS needs it on CPU")
     ap.add_argument("--out", default="bench_out/models.json")
     ap.add_argument("--checkpoint-dir", default="/tmp/recbole_dsl_bench_models")
     ap.add_argument("--report", action="store_true", help="only print the table of --out")
@@ -178,6 +183,8 @@ def main():
                     help="only re-measure seconds per epoch (built-in, and SL/BSL at their chosen tau) of the "
                          "models already in --out, one epoch after a warm-up epoch; run it on an idle machine")
     args = ap.parse_args()
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     if args.timing:
@@ -219,6 +226,7 @@ def main():
             row = results.setdefault(model, {})
             runs = [("built-in", {"rec_loss": None})] + [(f"{loss} {json.dumps(p)}", p)
                                                           for loss in ("SL", "BSL") for p in grid(model, loss, args)]
+            runs = [(n, p) for n, p in runs if n.split(" ")[0] in args.losses]
             for name, settings in runs:
                 if name in row:
                     continue
@@ -231,7 +239,7 @@ def main():
                                     "pair_neg_num": args.pair_neg_num or args.neg_num, "cos_taus": args.cos_taus,
                                     "logit_taus": args.logit_taus, "time_limit": args.time_limit,
                                     "threads": args.threads, "train": TRAIN, "model_kw": MODEL_KW,
-                                    "user_batch": USER_BATCH}
+                                    "user_batch": USER_BATCH, "flush_denormal": args.flush_denormal}
                 out.write_text(json.dumps(results, indent=1))
     print(report(results))
 

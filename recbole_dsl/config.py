@@ -48,6 +48,7 @@ class RecLossSettings:
     train_batch_mode: str
     positives_per_user: int
     cpu_malloc_tuning: bool = True
+    cpu_flush_denormal: bool = True
 
     @classmethod
     def from_config(cls, cfg) -> "RecLossSettings":
@@ -77,7 +78,12 @@ class RecLossSettings:
             malloc = True  # configs built without the plugin's defaults (older pickled checkpoints)
         if not isinstance(malloc, bool):
             raise ConfigError("cpu_malloc_tuning", malloc, "True or False")
-        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k, malloc)
+        flush = cfg["cpu_flush_denormal"]
+        if flush is None:
+            flush = True
+        if not isinstance(flush, bool):
+            raise ConfigError("cpu_flush_denormal", flush, "True or False")
+        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k, malloc, flush)
 
 
 def check_model(model_name: str, model_class) -> None:

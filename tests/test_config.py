@@ -59,6 +59,7 @@ BAD = [
     (dict(rec_loss="SL", positives_per_user=0), r"positives_per_user=0"),
     (dict(rec_loss="SL", exclude_positives="yes"), r"exclude_positives='yes'"),
     (dict(rec_loss="SL", cpu_malloc_tuning="on"), r"cpu_malloc_tuning='on'.*True or False"),
+    (dict(rec_loss="SL", cpu_flush_denormal=1), r"cpu_flush_denormal=1 .*True or False"),
 ]
 
 

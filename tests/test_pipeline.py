@@ -358,3 +358,17 @@ def test_rec_loss_unset_trains_exactly_like_plain_recbole(model, recbole_class, 
     plain_scores, plain_idx = full_sort_topk(users, plain_net, plain_test, k=20)
     scores, idx = full_sort_topk(users, net, test, k=20)
     assert torch.equal(idx, plain_idx) and torch.equal(scores, plain_scores)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_cpu_trainer_flushes_subnormals_unless_told_not_to(flush, fast_config):
+    # NAIS's activations drift into subnormal floats on a CPU, which made its second epoch 5x+
+    # slower; the plugin's trainer turns flush-to-zero on for CPU runs (cpu_flush_denormal).
+    torch.set_flush_denormal(False)
+    try:
+        config, net, trainer, _ = build("BPR", "ml-100k", quick_start_defaults=False,
+                                        config_dict=dict(fast_config, rec_loss="SL", cpu_flush_denormal=flush))
+        tiny = torch.tensor([1e-39], dtype=torch.float32) * 1.0  # a subnormal float32
+        assert (tiny.item() == 0.0) is flush
+    finally:
+        torch.set_flush_denormal(False)
