@@ -73,17 +73,19 @@ class RecLossSettings:
         k = cfg["positives_per_user"]
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError("positives_per_user", k, "an integer >= 1")
-        malloc = cfg["cpu_malloc_tuning"]
-        if malloc is None:
-            malloc = True  # configs built without the plugin's defaults (older pickled checkpoints)
-        if not isinstance(malloc, bool):
-            raise ConfigError("cpu_malloc_tuning", malloc, "True or False")
-        flush = cfg["cpu_flush_denormal"]
-        if flush is None:
-            flush = True
-        if not isinstance(flush, bool):
-            raise ConfigError("cpu_flush_denormal", flush, "True or False")
-        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k, malloc, flush)
+        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k,
+                   _switch(cfg, "cpu_malloc_tuning"), _switch(cfg, "cpu_flush_denormal"))
+
+
+def _switch(cfg, key: str) -> bool:
+    """A True/False key that defaults to True when absent (configs pickled into checkpoints written
+    before the key existed)."""
+    value = cfg[key]
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "True or False")
+    return value
 
 
 def check_model(model_name: str, model_class) -> None:

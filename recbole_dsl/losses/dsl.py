@@ -30,7 +30,8 @@ per-row normaliser is added after the logsumexp, so is the positive's logit s_p 
 difference under autograd), the slate intensity computes d_j / tau in one pass without autograd,
 and a top-K runs once when K < N. The recommender asks the score path for the reweighting's
 ``a = alpha * s_n + (1 - alpha) * cos(p, n)`` ready-mixed (``affinity``; with cosine scores that is
-one product with the query ``lerp(p, u, alpha)``), so the loss does not mix two [B, N] blocks. The weight cap adds a per-row sort and a logcumsumexp: cheap on a GPU,
+one product with the query ``lerp(p, u, alpha)``), so the loss does not mix two [B, N] blocks.
+The weight cap adds a per-row sort and a logcumsumexp: cheap on a GPU,
 noticeable on CPU (about 150 ms for B = 2048, N = 1000 on one core), which is why it is off by default.
 """
 from __future__ import annotations
