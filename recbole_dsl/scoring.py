@@ -116,19 +116,16 @@ def batch_scores(
     u = _prep(user_e, score_fn)
     # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
     items = _prep(item_table, score_fn)
-    item_sim = None
-    # With cosine scores both s_n = u . n and sim = p . n are products with the same normalised
-    # item n, so their mix is one product with the mixed query lerp(p, u, alpha): no second
-    # [B, N] block, no mixing pass.
-    one_query = with_item_sim and sim_alpha is not None and score_fn == "cosine"
-
-    def sim_query():
-        p = items.detach()[pos_item]
-        return torch.lerp(p, u.detach(), float(sim_alpha)) if one_query else p
-
-    def sim_items():
-        return items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
-
+    item_sim, mixed = None, False
+    if with_item_sim and (is_shared(neg_item) or path == "full"):
+        with torch.no_grad():
+            items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
+            q = items_c[pos_item]
+            if sim_alpha is not None and score_fn == "cosine":
+                # s_n = u . n and sim = p . n are products with the same normalised item n, so their
+                # mix is one product with the mixed query lerp(p, u, alpha): no second [B, N]
+                # block, no mixing pass.
+                q, mixed = torch.lerp(q, u.detach(), float(sim_alpha)), True
     if is_shared(neg_item):
         shared = neg_item[0]
         neg_e = items[shared]  # [N, d]
@@ -136,8 +133,6 @@ def batch_scores(
         neg = u @ neg_e.t()
         if with_item_sim:
             with torch.no_grad():
-                items_c = sim_items()
-                q = sim_query() if score_fn == "cosine" else items_c[pos_item]
                 item_sim = q @ items_c[shared].t()
     elif path == "full":
         # Positives by a row-wise dot product: concatenating them to the negatives' columns
@@ -146,8 +141,6 @@ def batch_scores(
         neg = gather_all_scores(u, items, neg_item)
         if with_item_sim:
             with torch.no_grad():
-                items_c = sim_items()
-                q = sim_query() if score_fn == "cosine" else items_c[pos_item]
                 item_sim = gather_all_scores(q, items_c, neg_item)
     elif path == "gather":
         pos_e = items[pos_item]  # [B, d]
@@ -159,10 +152,9 @@ def batch_scores(
                 pc = F.normalize(pos_e.detach(), dim=-1)
                 nc = F.normalize(neg_e.detach(), dim=-1)
                 item_sim = torch.bmm(nc, pc.unsqueeze(2)).squeeze(2)
-            return pos, neg, mix_affinity(item_sim, neg, sim_alpha)
     else:
         raise ConfigError("score_path", path, f"one of {list(SCORE_PATHS)}")
-    if item_sim is not None and not one_query:
+    if not mixed:
         item_sim = mix_affinity(item_sim, neg, sim_alpha)
     return pos, neg, item_sim
 

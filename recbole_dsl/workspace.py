@@ -32,9 +32,6 @@ class Workspace:
             self._buffers[name] = buf
         return buf[:numel].view(shape)
 
-    def clear(self) -> None:
-        self._buffers.clear()
-
 
 _WORKSPACES: Dict[Tuple[torch.device, torch.dtype], Workspace] = {}
 

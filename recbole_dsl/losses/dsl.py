@@ -123,19 +123,16 @@ def _cap_log_weights(log_w: Tensor, cap: float, n_valid: Optional[Tensor] = None
 
 @torch.no_grad()
 def _log_temperatures(
-    pos: Tensor, neg: Tensor, d: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float,
+    pos: Tensor, neg: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float,
     eps: float, mask: Optional[Tensor] = None, rows: Optional[Tensor] = None,
 ) -> Tensor:
     """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau.
-    ``d`` is neg - pos[:, None] when the caller has it (None: computed here, without autograd,
-    only where a pass needs it).
 
     With a mask the slate is the min(K, valid) highest-scoring valid negatives, and the batch
     statistics (standardisation, geometric mean) run over the rows with a valid negative
     (``rows``); the other rows get tau (their loss is discarded)."""
     b, n = neg.shape
     log_tau = math.log(tau)
-    own_d = d is None  # a d made here may be overwritten in place
     k = n if slate_size is None else int(slate_size)
     if mask is not None:
         k = min(k, n)  # masked rows use min(K, valid negatives) anyway (in_batch: N is the batch size)
@@ -144,14 +141,10 @@ def _log_temperatures(
     if mask is None:
         if b == 1:  # z = 0 for a single row
             return neg.new_full((1,), log_tau)
-        if k == n and own_d:
-            # d_j / tau = s_n[j] / tau - s_p / tau in one broadcast pass, straight from the scores
-            scaled = torch.add((pos.detach() * (-1.0 / tau)).unsqueeze(1), neg.detach(), alpha=1.0 / tau)
-        elif k == n:
-            scaled = d.detach() * (1.0 / tau)
-        else:  # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
-            top = torch.topk(neg.detach(), k, dim=1, sorted=False).values
-            scaled = torch.add((pos.detach() * (-1.0 / tau)).unsqueeze(1), top, alpha=1.0 / tau)
+        # the K highest-scoring negatives = the K largest d_j (s_p is fixed per row)
+        slate = neg.detach() if k == n else torch.topk(neg.detach(), k, dim=1, sorted=False).values
+        # d_j / tau = s_n[j] / tau - s_p / tau in one broadcast pass, straight from the scores
+        scaled = torch.add((pos.detach() * (-1.0 / tau)).unsqueeze(1), slate, alpha=1.0 / tau)
         intensity = scaled.sigmoid_().mean(dim=1)
         mean = intensity.mean()
         std = intensity.std(unbiased=False)
@@ -161,9 +154,8 @@ def _log_temperatures(
         # rescale after the clip so that the batch's geometric mean is exactly tau
         return log_tau_b - (log_tau_b.mean() - log_tau)
     if k == n:
-        if d is None:
-            d = neg.detach() - pos.detach().unsqueeze(1)
-        sig = torch.sigmoid(d.detach() * (1.0 / tau)) * mask
+        d = neg.detach() - pos.detach().unsqueeze(1)
+        sig = torch.sigmoid(d * (1.0 / tau)) * mask
         intensity = sig.sum(dim=1) / mask.sum(dim=1).to(sig.dtype)
     else:
         top = torch.topk(neg.detach().masked_fill(~mask, float("-inf")), k, dim=1, sorted=False).values
@@ -204,7 +196,7 @@ def _dsl_parts(
     mask, rows = prepare_mask(neg, neg_mask)
     n_valid = None if mask is None else mask.sum(dim=1)
     log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid, affinity) if kappa != 0 else None
-    log_tau_b = (_log_temperatures(pos, neg, None, tau, slate_size, gamma, tau_range, eps, mask, rows)
+    log_tau_b = (_log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps, mask, rows)
                  if gamma != 0 else None)
     inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b)
     log_n = math.log(n) if mask is None else torch.log(n_valid.to(neg.dtype))
