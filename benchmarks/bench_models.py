@@ -9,8 +9,9 @@ the mean training seconds per epoch (evaluation excluded) of each run.
 
 Model hyper-parameters are RecBole's defaults for each model (its YAML file) unless overridden
 in MODEL_KW below; every run shares the learning rate, batch size and epoch cap given here.
-Temperatures: models scored by cosine (embedding kind) use the grid --cos-taus; models whose
-scores are raw logits (autoencoders, pair scorers) use --logit-taus. BSL uses the same value on
+Temperatures: scores bounded to [-1, 1] (embedding models' cosine, the pair scorers' tanh of
+their logits, pair_score_fn) use the grid --cos-taus; raw logits (autoencoders, pair scorers with
+--pair-score-fn logit) use --logit-taus. BSL uses the same value on
 both sides (loss_tau = loss_tau_pos) and user-grouped batches (train_batch_mode: user).
 
     python benchmarks/bench_models.py [--models BPR LightGCN ...] [--epochs 10] [--neg-num 64]
@@ -153,10 +154,14 @@ def _torch_kmeans(net):
 
 
 def grid(model, loss, args):
-    taus = args.cos_taus if ADAPTERS.get(model).kind == "embedding" else args.logit_taus
+    kind = ADAPTERS.get(model).kind
+    # Pair scorers' tanh scores lie in (-1, 1) like a cosine: they share the cosine grid.
+    bounded = kind == "embedding" or (kind == "pair" and args.pair_score_fn == "tanh")
+    taus = args.cos_taus if bounded else args.logit_taus
+    extra = {"pair_score_fn": args.pair_score_fn} if kind == "pair" else {}
     if loss == "SL":
-        return [{"rec_loss": "SL", "loss_tau": t} for t in taus]
-    return [{"rec_loss": "BSL", "loss_tau": t, "loss_tau_pos": t, "train_batch_mode": "user"} for t in taus]
+        return [{"rec_loss": "SL", "loss_tau": t, **extra} for t in taus]
+    return [{"rec_loss": "BSL", "loss_tau": t, "loss_tau_pos": t, "train_batch_mode": "user", **extra} for t in taus]
 
 
 def main():
@@ -168,6 +173,8 @@ def main():
                     help="negatives for the pair scorers (default --neg-num): they run 1 + N forwards per row")
     ap.add_argument("--cos-taus", type=float, nargs="*", default=[0.1, 0.2])
     ap.add_argument("--logit-taus", type=float, nargs="*", default=[0.5, 1.0])
+    ap.add_argument("--pair-score-fn", default="tanh", choices=["tanh", "logit"],
+                    help="pair_score_fn of the pair scorers' SL/BSL runs (tanh: the cosine grid; logit: --logit-taus)")
     ap.add_argument("--time-limit", type=float, default=600, help="seconds of one run before it stops at the "
                     "next evaluation (its best checkpoint so far is tested)")
     ap.add_argument("--threads", type=int, default=1)
@@ -238,6 +245,7 @@ def main():
                 results["_meta"] = {"epochs": args.epochs, "neg_num": args.neg_num,
                                     "pair_neg_num": args.pair_neg_num or args.neg_num, "cos_taus": args.cos_taus,
                                     "logit_taus": args.logit_taus, "time_limit": args.time_limit,
+                                    "pair_score_fn": args.pair_score_fn,
                                     "threads": args.threads, "train": TRAIN, "model_kw": MODEL_KW,
                                     "user_batch": USER_BATCH, "flush_denormal": args.flush_denormal}
                 out.write_text(json.dumps(results, indent=1))

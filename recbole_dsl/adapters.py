@@ -14,8 +14,8 @@ after it. Every kind runs the model's forward pass once per batch:
   ``score_fn`` does not apply (the logits are the scores); evaluation is the model's own.
 - ``pair`` (NeuMF, ConvNCF, NAIS, NNCF): the model scores (user, item) pairs with no factorised
   form. The B x (1 + N) pairs of a batch are built once and scored by one call of the model's
-  forward; the score path is always ``gather`` (only those pairs are scored) and ``score_fn``
-  does not apply; evaluation is the model's own.
+  forward; the score path is always ``gather`` (only those pairs are scored); ``pair_score_fn``
+  (tanh by default) bounds the logits instead of ``score_fn``; evaluation is the model's own.
 
 Models that RecBole trains on its UserDataLoader (the autoencoders and ENMF) get batches of users,
 not interactions. Their training rows are the (user, positive item) pairs of the batch users'
@@ -44,7 +44,7 @@ from torch import Tensor
 
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.registry import Registry
-from recbole_dsl.scoring import FULL_PATH_RATIO, all_item_scores, batch_scores, mix_affinity
+from recbole_dsl.scoring import FULL_PATH_RATIO, all_item_scores, batch_scores, mix_affinity, pair_logit_scores
 
 ADAPTERS: Registry = Registry("model")
 
@@ -660,8 +660,10 @@ class PairAdapter(Adapter):
         return Forward(scores=model.forward(users.reshape(-1), cols.reshape(-1)).view(cols.shape))
 
     def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim, sim_alpha=None):
+        # score_fn here is the pair_score_fn key (tanh | logit)
+        scores = pair_logit_scores(out.scores, score_fn)
         sim = item_similarity(self.sim_table(model), rows.pos_item, neg_item) if with_item_sim else None
-        return out.scores[:, 0], out.scores[:, 1:], mix_affinity(sim, out.scores[:, 1:], sim_alpha)
+        return scores[:, 0], scores[:, 1:], mix_affinity(sim, scores[:, 1:], sim_alpha)
 
     def sim_table(self, model):
         return model.item_embedding.weight

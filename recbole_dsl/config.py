@@ -20,7 +20,7 @@ from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.protocols import check_protocol_keys
 from recbole_dsl.samplers import SAMPLERS, check_sampler_keys
-from recbole_dsl.scoring import SCORE_PATHS, check_score_fn
+from recbole_dsl.scoring import SCORE_PATHS, check_pair_score_fn, check_score_fn
 
 BATCH_MODES = ("interaction", "user")
 
@@ -49,6 +49,7 @@ class RecLossSettings:
     positives_per_user: int
     cpu_malloc_tuning: bool = True
     cpu_flush_denormal: bool = True
+    pair_score_fn: str = "tanh"
 
     @classmethod
     def from_config(cls, cfg) -> "RecLossSettings":
@@ -57,6 +58,8 @@ class RecLossSettings:
         score_fn = check_score_fn(cfg["score_fn"])
         eval_score_fn = cfg["eval_score_fn"]
         eval_score_fn = score_fn if eval_score_fn is None else check_score_fn(eval_score_fn, "eval_score_fn")
+        # absent from configs pickled into checkpoints written before the key existed
+        pair_score_fn = "tanh" if cfg["pair_score_fn"] is None else check_pair_score_fn(cfg["pair_score_fn"])
         SAMPLERS.get(cfg["neg_sampler"])
         neg_num = cfg["neg_num"]
         if isinstance(neg_num, bool) or not isinstance(neg_num, int) or neg_num < 1:
@@ -74,7 +77,7 @@ class RecLossSettings:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError("positives_per_user", k, "an integer >= 1")
         return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k,
-                   _switch(cfg, "cpu_malloc_tuning"), _switch(cfg, "cpu_flush_denormal"))
+                   _switch(cfg, "cpu_malloc_tuning"), _switch(cfg, "cpu_flush_denormal"), pair_score_fn)
 
 
 def _switch(cfg, key: str) -> bool:

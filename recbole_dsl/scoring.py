@@ -25,6 +25,8 @@ from recbole_dsl.samplers.base import is_shared
 from recbole_dsl.workspace import workspace
 
 SCORE_FNS = ("cosine", "dot")
+# Pair scorers (NeuMF, ConvNCF, NAIS, NNCF) output an unbounded logit per (user, item) pair.
+PAIR_SCORE_FNS = ("tanh", "logit")
 SCORE_PATHS = ("auto", "full", "gather")
 
 # "full" is chosen while n_items <= FULL_PATH_RATIO * N. A dense GEMM element costs about a
@@ -39,6 +41,21 @@ def check_score_fn(value, key: str = "score_fn") -> str:
     if value not in SCORE_FNS:
         raise ConfigError(key, value, f"one of {list(SCORE_FNS)}")
     return value
+
+
+def check_pair_score_fn(value, key: str = "pair_score_fn") -> str:
+    if value not in PAIR_SCORE_FNS:
+        raise ConfigError(key, value, f"one of {list(PAIR_SCORE_FNS)}")
+    return value
+
+
+def pair_logit_scores(logits: Tensor, pair_score_fn: str) -> Tensor:
+    """A pair scorer's logits as the loss's scores. ``tanh`` bounds them to (-1, 1), the range of a
+    cosine: the softmax-family losses (positive left out of the denominator, BSL's linear positive
+    term) never stop pushing the positive's score up, so over unbounded scores they keep growing a
+    model's parameters; NAIS's score, exponential in its attention logits, overflowed to NaN within
+    150 batches on ml-100k (BENCHMARKS.md, Models). tanh is monotone: rankings are unchanged."""
+    return torch.tanh(logits) if pair_score_fn == "tanh" else logits
 
 
 def choose_score_path(path: str, n_items: int, num_neg: int) -> str:

@@ -48,6 +48,7 @@ BAD = [
     (dict(rec_loss="PSL", psl_activation="gelu"), r"psl_activation='gelu'.*atan.*relu.*tanh"),
     (dict(rec_loss="SL", score_fn="l2"), r"score_fn='l2'.*cosine.*dot"),
     (dict(rec_loss="SL", eval_score_fn="l2"), r"eval_score_fn='l2'"),
+    (dict(rec_loss="SL", pair_score_fn="sigmoid"), r"pair_score_fn='sigmoid'.*tanh.*logit"),
     (dict(rec_loss="SL", neg_sampler="hard"), r"neg_sampler='hard'.*uniform"),
     (dict(rec_loss="SL", loss_tau=0), r"loss_tau=0 .*> 0"),
     (dict(rec_loss="SL", loss_tau=-0.1), r"loss_tau=-0.1"),
