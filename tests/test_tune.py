@@ -46,7 +46,9 @@ def cli_args(data_path, **over):
     return [f"--{k}={v}" for k, v in cfg.items()]
 
 
-def run_cli(*args, env=None, timeout=300):
+# A search on the slice takes under a minute alone; on a loaded 2-core machine (three other
+# processes) the three-trial grid took over 300 s, so the bound is generous (pytest-timeout is 900).
+def run_cli(*args, env=None, timeout=600):
     e = dict(os.environ, PYTHONPATH=str(ROOT))
     e.update(env or {})
     return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout, env=e,
