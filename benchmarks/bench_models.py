@@ -290,10 +290,11 @@ def report(results) -> str:
     meta = results.get("_meta", {})
     errors = [f"- {m} {k}: {v['error']}" for m, row in results.items() if not m.startswith("_")
               for k, v in row.items() if k != "timing" and "error" in v]
+    bounded = "cosine, the pair scorers' tanh" if meta.get("pair_score_fn") == "tanh" else "cosine"
     note = (f"\nOne seed (2020); at most {meta.get('epochs')} epochs (early stop after "
             f"{TRAIN['stopping_step']} evaluations without gain), {meta.get('neg_num')} negatives for SL/BSL "
             f"({meta.get('pair_neg_num')} for the pair scorers); "
-            f"tau grids: cosine-scored models {meta.get('cos_taus')}, raw-score models {meta.get('logit_taus')}; "
+            f"tau grids: scores in [-1, 1] ({bounded}) {meta.get('cos_taus')}, raw logits {meta.get('logit_taus')}; "
             f"* = stopped by the {meta.get('time_limit')} s time limit (its best checkpoint so far is tested). "
             "s/epoch: one training epoch after a warm-up epoch, measured with `--timing` on an idle machine "
             "(evaluation excluded); ~ marks a run's own mean epoch time, taken while other processes shared "
