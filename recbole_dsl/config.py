@@ -20,7 +20,7 @@ from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.protocols import check_protocol_keys
 from recbole_dsl.samplers import SAMPLERS, check_sampler_keys
-from recbole_dsl.scoring import SCORE_PATHS, check_pair_score_fn, check_score_fn
+from recbole_dsl.scoring import PAIR_SCORE_FNS, SCORE_PATHS, check_score_fn
 
 BATCH_MODES = ("interaction", "user")
 
@@ -59,7 +59,8 @@ class RecLossSettings:
         eval_score_fn = cfg["eval_score_fn"]
         eval_score_fn = score_fn if eval_score_fn is None else check_score_fn(eval_score_fn, "eval_score_fn")
         # absent from configs pickled into checkpoints written before the key existed
-        pair_score_fn = "tanh" if cfg["pair_score_fn"] is None else check_pair_score_fn(cfg["pair_score_fn"])
+        pair_score_fn = cfg["pair_score_fn"]
+        pair_score_fn = "tanh" if pair_score_fn is None else check_score_fn(pair_score_fn, "pair_score_fn", PAIR_SCORE_FNS)
         SAMPLERS.get(cfg["neg_sampler"])
         neg_num = cfg["neg_num"]
         if isinstance(neg_num, bool) or not isinstance(neg_num, int) or neg_num < 1:

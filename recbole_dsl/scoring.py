@@ -37,15 +37,9 @@ SCORE_PATHS = ("auto", "full", "gather")
 FULL_PATH_RATIO = 64.0
 
 
-def check_score_fn(value, key: str = "score_fn") -> str:
-    if value not in SCORE_FNS:
-        raise ConfigError(key, value, f"one of {list(SCORE_FNS)}")
-    return value
-
-
-def check_pair_score_fn(value, key: str = "pair_score_fn") -> str:
-    if value not in PAIR_SCORE_FNS:
-        raise ConfigError(key, value, f"one of {list(PAIR_SCORE_FNS)}")
+def check_score_fn(value, key: str = "score_fn", allowed=SCORE_FNS) -> str:
+    if value not in allowed:
+        raise ConfigError(key, value, f"one of {list(allowed)}")
     return value
 
 

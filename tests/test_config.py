@@ -31,6 +31,8 @@ def test_rec_loss_turns_off_recbole_sampler_and_loads_loss_defaults(loss):
 def test_priority_loss_defaults_below_user():
     assert cfg(rec_loss="BPR")["score_fn"] == "dot"  # BPR.yaml beats overall.yaml
     assert cfg(rec_loss="BPR", score_fn="cosine")["score_fn"] == "cosine"  # user beats BPR.yaml
+    assert cfg(rec_loss="SL")["pair_score_fn"] == "tanh"
+    assert cfg(rec_loss="BCE")["pair_score_fn"] == "logit"  # the pair scorers' own losses take raw logits
     assert cfg(rec_loss="PSL")["psl_activation"] == "tanh"
 
 
