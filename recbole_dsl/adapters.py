@@ -660,8 +660,7 @@ class PairAdapter(Adapter):
         return Forward(scores=model.forward(users.reshape(-1), cols.reshape(-1)).view(cols.shape))
 
     def scores(self, model, out, rows, neg_item, score_fn, path, with_item_sim, sim_alpha=None):
-        # score_fn here is the pair_score_fn key (tanh | logit)
-        scores = pair_logit_scores(out.scores, score_fn)
+        scores = pair_logit_scores(out.scores, model.rec_settings.pair_score_fn)  # score_fn does not apply
         sim = item_similarity(self.sim_table(model), rows.pos_item, neg_item) if with_item_sim else None
         return scores[:, 0], scores[:, 1:], mix_affinity(sim, scores[:, 1:], sim_alpha)
 

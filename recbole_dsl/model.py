@@ -63,8 +63,6 @@ class RecLossRecommender(GeneralRecommender):
             getLogger().info(f"{config['model']}: the loss takes the model's pair logits through "
                              f"pair_score_fn={s.pair_score_fn!r}; score_fn={s.score_fn!r} does not apply, "
                              f"evaluation is the model's own")
-        # the score function the adapter applies in training
-        self._train_score_fn = s.pair_score_fn if self.adapter.kind == "pair" else s.score_fn
         self.last_diagnostics: Dict[str, float] = {}
 
     # -- training -------------------------------------------------------------------------
@@ -91,7 +89,7 @@ class RecLossRecommender(GeneralRecommender):
         out = self.adapter.forward(self, rows, neg_item, **kwargs)  # one forward pass of the model
         sim_alpha = getattr(self.rec_loss_fn, "affinity_alpha", None)
         pos, neg, item_sim = self.adapter.scores(
-            self, out, rows, neg_item, self._train_score_fn, self.score_path,
+            self, out, rows, neg_item, self.rec_settings.score_fn, self.score_path,
             getattr(self.rec_loss_fn, "needs_item_sim", False), sim_alpha,
         )
         group = user if rows.group is None else rows.group  # BSL's positive groups
