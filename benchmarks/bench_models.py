@@ -38,7 +38,8 @@ from recbole.data import create_dataset, data_preparation  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_dsl import ADAPTERS, Config, get_model, get_trainer  # noqa: E402
-from recbole_dsl.adapters import _ncl_run_kmeans_torch  # noqa: E402
+from recbole_dsl.adapters import kind_of  # noqa: E402
+from recbole_dsl.adapters.graph import ncl_run_kmeans_torch  # noqa: E402
 
 # Shared training settings (all runs; the built-in runs use RecBole's default sampling).
 TRAIN = {"learning_rate": 0.002, "train_batch_size": 2048, "stopping_step": 3, "eval_step": 1, "seed": 2020}
@@ -141,7 +142,7 @@ def time_one(model, settings, args, cache, budget_s=60.0) -> float:
 
 
 def _neg_num(model, args):
-    return args.pair_neg_num if ADAPTERS.get(model).kind == "pair" and args.pair_neg_num else args.neg_num
+    return args.pair_neg_num if kind_of(model) == "pair" and args.pair_neg_num else args.neg_num
 
 
 def _torch_kmeans(net):
@@ -150,11 +151,11 @@ def _torch_kmeans(net):
     except ImportError:  # the built-in run gets the plugin's torch k-means too
         from types import MethodType
 
-        net.run_kmeans = MethodType(_ncl_run_kmeans_torch, net)
+        net.run_kmeans = MethodType(ncl_run_kmeans_torch, net)
 
 
 def grid(model, loss, args):
-    kind = ADAPTERS.get(model).kind
+    kind = kind_of(model)
     # Pair scorers' tanh scores lie in (-1, 1) like a cosine: they share the cosine grid.
     bounded = kind == "embedding" or (kind == "pair" and args.pair_score_fn == "tanh")
     taus = args.cos_taus if bounded else args.logit_taus
@@ -286,7 +287,7 @@ def report(results) -> str:
             s = ("failed", "")
         if bsl is None and any(k.startswith("BSL ") for k in row):
             bs = ("failed", "")
-        lines.append(f"| {model} | {ADAPTERS.get(model).kind} | {b[0]} | {b[1]} | {s[0]} | {s[1]} | {bs[0]} | {bs[1]} |")
+        lines.append(f"| {model} | {kind_of(model)} | {b[0]} | {b[1]} | {s[0]} | {s[1]} | {bs[0]} | {bs[1]} |")
     meta = results.get("_meta", {})
     errors = [f"- {m} {k}: {v['error']}" for m, row in results.items() if not m.startswith("_")
               for k, v in row.items() if k != "timing" and "error" in v]

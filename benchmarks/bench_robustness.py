@@ -183,7 +183,7 @@ def part_d_epochs(reps=3):
         init_seed(cfg["seed"], cfg["reproducibility"])
         data = data_preparation(cfg, create_dataset(cfg))
         net = get_model("BPR")(cfg, data[0]._dataset)
-        trainers[name] = (get_trainer(cfg["MODEL_TYPE"], "BPR")(cfg, net), data[0], net.score_path)
+        trainers[name] = (get_trainer(cfg["MODEL_TYPE"], "BPR")(cfg, net), data[0], net.rec_adapter.score_path)
     times = {k: [] for k in trainers}
     for rep in range(reps + 1):  # the first round warms up and is dropped
         for name, (tr, train, _) in trainers.items():
@@ -213,7 +213,8 @@ def part_d_crossover(reps=3, B=1024, d=64, sizes=None):
                 ts = []
                 for _ in range(reps + 1):
                     t = time.perf_counter()
-                    p, q, _ = batch_scores(u, table, pos, neg, "cosine", "full" if path == "shared" else path)
+                    r = batch_scores(u, table, pos, neg, "cosine", "full" if path == "shared" else path)
+                    p, q = r.pos, r.neg
                     sl_loss(p, q, 0.1).mean().backward()
                     ts.append(time.perf_counter() - t)
                 res[path] = statistics.median(ts[1:])

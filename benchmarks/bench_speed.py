@@ -219,7 +219,8 @@ def crossover(reps=3):
                 ts = []
                 for _ in range(reps):
                     t = time.perf_counter()
-                    p, q, _ = batch_scores(u, table, pos, neg, "cosine", path)
+                    r = batch_scores(u, table, pos, neg, "cosine", path)
+                    p, q = r.pos, r.neg
                     sl_loss(p, q, 0.1).mean().backward()
                     ts.append(time.perf_counter() - t)
                 res[path] = statistics.median(ts)

@@ -1,4 +1,4 @@
-"""recbole_dsl: train any RecBole general model with SL, BSL, PSL or DSL (plus BPR/BCE baselines).
+"""recbole_dsl: train any RecBole general model with SL, BSL, PSL, DSL or SL@K (plus BPR/BCE baselines).
 
 Set `rec_loss` (and a few keys of properties/) in a RecBole YAML file; see README.md.
 """

@@ -5,20 +5,102 @@ With --tune=SPACE.yaml (or --tune_resume=FOLDER) it runs a Ray Tune search inste
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 from recbole_dsl.errors import ConfigError
+from recbole_dsl.tune.runner import SCHEDULERS, SEARCH_ALGS, run_tune
 
-# The search options (dest, default); all but --tune and --tune_resume need one of those two.
-TUNE_OPTIONS = {
-    "tune_samples": None, "tune_search": None, "tune_scheduler": None, "tune_grace_period": None,
-    "tune_reduction_factor": None, "tune_cpus": 1.0, "tune_gpus": 0.0, "tune_max_concurrent": None,
-    "tune_address": None, "tune_num_cpus": None, "tune_dir": "ray_results", "tune_name": None,
-    "tune_retry_errored": False, "tune_verbose": 1, "tune_no_test": False,
-}
+# run_tune's defaults, which are the command line's too.
+RUN_TUNE_DEFAULTS = {name: p.default for name, p in inspect.signature(run_tune).parameters.items()}
+
+
+@dataclass(frozen=True)
+class TuneOption:
+    """One search option of the command line, and the run_tune keyword it sets.
+
+    argparse reads it as --flag (dest: the flag without its dashes); its default is run_tune's
+    default for the keyword, so the command line and the Python API cannot disagree on one.
+    """
+
+    flag: str
+    keyword: str                            # run_tune's parameter
+    help: str
+    type: Optional[Callable[[str], Any]] = None
+    choices: Optional[Sequence[Any]] = None
+    action: Optional[str] = None            # "store_true": a switch
+    metavar: Optional[str] = None
+    negated: bool = False                   # the switch turns the keyword off (--tune_no_test)
+    starts_search: bool = False             # --tune, --tune_resume: the other options need one of them
+
+    @property
+    def dest(self) -> str:
+        """argparse's attribute for it (its flag without the dashes)."""
+        return self.flag[2:]
+
+    @property
+    def default(self) -> Any:
+        """run_tune's default, as the command line reads it (a negated switch is off by default)."""
+        value = RUN_TUNE_DEFAULTS[self.keyword]
+        return (not value) if self.negated else value
+
+    def add_to(self, group) -> None:
+        """Declare the option to argparse."""
+        given = {"type": self.type, "choices": self.choices, "action": self.action, "metavar": self.metavar}
+        group.add_argument(self.flag, default=self.default, help=self.help,
+                           **{k: v for k, v in given.items() if v is not None})
+
+    def given(self, args) -> bool:
+        """Whether the command line set it (to something else than its default)."""
+        return getattr(args, self.dest) != self.default
+
+    def keyword_value(self, args) -> Any:
+        """The value run_tune gets for it."""
+        value = getattr(args, self.dest)
+        return (not value) if self.negated else value
+
+
+TUNE_OPTIONS = (
+    TuneOption("--tune", "space", metavar="SPACE.yaml", starts_search=True,
+               help="search the space in this YAML file (Ray Tune samplers over config keys) instead of one run"),
+    TuneOption("--tune_samples", "num_samples", type=int,
+               help="trials to draw (grid: repetitions of the grid; default 1, else 10)"),
+    TuneOption("--tune_search", "search_alg", choices=SEARCH_ALGS, help="search algorithm (default grid)"),
+    TuneOption("--tune_scheduler", "scheduler", choices=SCHEDULERS,
+               help="fifo runs every trial to its end; asha stops trials whose validation metric lags (default fifo)"),
+    TuneOption("--tune_grace_period", "grace_period", type=int,
+               help="ASHA: epochs every trial runs before it can be stopped (5)"),
+    TuneOption("--tune_reduction_factor", "reduction_factor", type=float,
+               help="ASHA: keep 1/this of the trials at each rung (2)"),
+    TuneOption("--tune_cpus", "cpus_per_trial", type=float, help="CPUs per trial; torch uses as many threads (1)"),
+    TuneOption("--tune_gpus", "gpus_per_trial", type=float, help="GPUs per trial, assigned by Ray (0)"),
+    TuneOption("--tune_max_concurrent", "max_concurrent_trials", type=int,
+               help="at most this many trials at once (default: as resources allow)"),
+    TuneOption("--tune_address", "address",
+               help="join a running Ray cluster: 'auto' or host:port (default: start Ray locally)"),
+    TuneOption("--tune_num_cpus", "num_cpus", type=int, help="CPUs of the local Ray (default: all)"),
+    TuneOption("--tune_dir", "storage_path", help="folder of the searches' results (./ray_results)"),
+    TuneOption("--tune_name", "name", help="name of this search's folder (default: <space>-<model>-<dataset>-<time>)"),
+    TuneOption("--tune_resume", "resume", metavar="FOLDER", starts_search=True,
+               help="continue an interrupted search; finished trials are kept"),
+    TuneOption("--tune_retry_errored", "retry_errored", action="store_true",
+               help="with --tune_resume: rerun failed trials too"),
+    TuneOption("--tune_verbose", "verbose", type=int, choices=(0, 1, 2),
+               help="0 quiet, 1 Ray's status table (default), 2 also every result and the trials' logs"),
+    TuneOption("--tune_no_test", "test_best", action="store_true", negated=True,
+               help="do not score the best configuration on test"),
+)
+
+
+def searching(args) -> bool:
+    """Whether this command line runs a search (--tune or --tune_resume) rather than one run."""
+    return any(o.given(args) for o in TUNE_OPTIONS if o.starts_search)
 
 
 def parse(argv):
+    """(options, config files, the other --key=value settings); exits 2 on a malformed command line."""
     p = argparse.ArgumentParser(
         prog="run_recbole_dsl.py",
         description="Train a RecBole general model with a softmax-family loss (rec_loss). "
@@ -30,52 +112,24 @@ def parse(argv):
                    help="dataset name (default: the config files' `dataset`, else the bundled ml-100k)")
     p.add_argument("--config_files", default=None, help="space-separated YAML files, later ones win")
     g = p.add_argument_group("search with Ray Tune (README.md, section Tuning)")
-    g.add_argument("--tune", metavar="SPACE.yaml", default=None,
-                   help="search the space in this YAML file (Ray Tune samplers over config keys) instead of one run")
-    g.add_argument("--tune_samples", type=int, help="trials to draw (grid: repetitions of the grid; default 1, else 10)")
-    g.add_argument("--tune_search", choices=["grid", "random", "optuna", "hyperopt"],
-                   help="search algorithm (default grid)")
-    g.add_argument("--tune_scheduler", choices=["fifo", "asha"], help="fifo runs every trial to its end; "
-                   "asha stops trials whose validation metric lags (default fifo)")
-    g.add_argument("--tune_grace_period", type=int, help="ASHA: epochs every trial runs before it can be stopped (5)")
-    g.add_argument("--tune_reduction_factor", type=float, help="ASHA: keep 1/this of the trials at each rung (2)")
-    g.add_argument("--tune_cpus", type=float, default=1.0, help="CPUs per trial; torch uses as many threads (1)")
-    g.add_argument("--tune_gpus", type=float, default=0.0, help="GPUs per trial, assigned by Ray (0)")
-    g.add_argument("--tune_max_concurrent", type=int, help="at most this many trials at once (default: as resources allow)")
-    g.add_argument("--tune_address", help="join a running Ray cluster: 'auto' or host:port (default: start Ray locally)")
-    g.add_argument("--tune_num_cpus", type=int, help="CPUs of the local Ray (default: all)")
-    g.add_argument("--tune_dir", default="ray_results", help="folder of the searches' results (./ray_results)")
-    g.add_argument("--tune_name", help="name of this search's folder (default: <space>-<model>-<dataset>-<time>)")
-    g.add_argument("--tune_resume", metavar="FOLDER", help="continue an interrupted search; finished trials are kept")
-    g.add_argument("--tune_retry_errored", action="store_true", help="with --tune_resume: rerun failed trials too")
-    g.add_argument("--tune_verbose", type=int, choices=[0, 1, 2], default=1,
-                   help="0 quiet, 1 Ray's status table (default), 2 also every result and the trials' logs")
-    g.add_argument("--tune_no_test", action="store_true", help="do not score the best configuration on test")
+    for option in TUNE_OPTIONS:
+        option.add_to(g)
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not (a.startswith("--") and len(a[2:].split("=")) == 2)]
     if bad:
         p.error(f"unrecognised arguments {bad}: other settings are given as --key=value")
-    if args.tune is None and args.tune_resume is None:
-        used = [f"--{k}" for k, d in TUNE_OPTIONS.items() if getattr(args, k) != d]
+    if not searching(args):
+        used = [o.flag for o in TUNE_OPTIONS if not o.starts_search and o.given(args)]
         if used:
-            p.error(f"{', '.join(used)} need --tune=SPACE.yaml (or --tune_resume=FOLDER)")
+            p.error(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} --tune=SPACE.yaml (or --tune_resume=FOLDER)")
     files = args.config_files.strip().split(" ") if args.config_files else None
     return args, files, rest
 
 
 def _tune(args, files, rest) -> int:
-    from recbole_dsl.tune import run_tune
-
-    result = run_tune(
-        args.tune, model=args.model, dataset=args.dataset, config_file_list=files, cmd_args=rest,
-        num_samples=args.tune_samples, search_alg=args.tune_search, scheduler=args.tune_scheduler,
-        grace_period=args.tune_grace_period, reduction_factor=args.tune_reduction_factor,
-        cpus_per_trial=args.tune_cpus, gpus_per_trial=args.tune_gpus,
-        max_concurrent_trials=args.tune_max_concurrent, address=args.tune_address,
-        num_cpus=args.tune_num_cpus, storage_path=args.tune_dir, name=args.tune_name,
-        resume=args.tune_resume, retry_errored=args.tune_retry_errored, verbose=args.tune_verbose,
-        test_best=not args.tune_no_test,
-    )
+    """Run the search the command line describes; the exit code says whether it chose a configuration."""
+    result = run_tune(model=args.model, dataset=args.dataset, config_file_list=files, cmd_args=rest,
+                      **{o.keyword: o.keyword_value(args) for o in TUNE_OPTIONS})
     if result.interrupted:
         return 130
     return 0 if result.best else 1
@@ -85,7 +139,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, files, rest = parse(argv)
     try:
-        if args.tune is not None or args.tune_resume is not None:
+        if searching(args):
             try:
                 return _tune(args, files, rest)
             except RuntimeError as e:

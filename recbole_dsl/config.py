@@ -2,13 +2,13 @@
 
 Priority, lowest first: RecBole's properties, the plugin's properties/overall.yaml, the
 defaults of the chosen loss (properties/loss/<rec_loss>.yaml), then the user's config files,
-config dict and command line, exactly as in RecBole.
+config dict and command line, exactly as in RecBole. The plugin's keys are parsed and checked
+once, into `config.plugin_settings` (recbole_dsl.settings), re-parsed when a key is set later.
 """
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,11 +18,8 @@ from recbole.utils import ModelType
 from recbole_dsl.adapters import ADAPTERS, REFUSED
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LOSSES
-from recbole_dsl.protocols import check_protocol_keys
-from recbole_dsl.samplers import SAMPLERS, check_sampler_keys
-from recbole_dsl.scoring import PAIR_SCORE_FNS, SCORE_PATHS, check_score_fn
-
-BATCH_MODES = ("interaction", "user")
+from recbole_dsl.protocols.metrics import register_metrics
+from recbole_dsl.settings import PluginSettings
 
 
 def properties_dir() -> Path:
@@ -32,64 +29,6 @@ def properties_dir() -> Path:
         if (cand / "overall.yaml").is_file():
             return cand
     raise FileNotFoundError(f"recbole_dsl: properties/overall.yaml not found next to {here}")
-
-
-@dataclass(frozen=True)
-class RecLossSettings:
-    """The plugin keys, read and checked once; everything downstream takes plain values."""
-
-    loss: str
-    score_fn: str
-    eval_score_fn: str
-    neg_sampler: str
-    neg_num: int
-    exclude_positives: bool
-    score_path: str
-    train_batch_mode: str
-    positives_per_user: int
-    cpu_malloc_tuning: bool = True
-    cpu_flush_denormal: bool = True
-    pair_score_fn: str = "tanh"
-
-    @classmethod
-    def from_config(cls, cfg) -> "RecLossSettings":
-        loss = cfg["rec_loss"]
-        LOSSES.get(loss)
-        score_fn = check_score_fn(cfg["score_fn"])
-        eval_score_fn = cfg["eval_score_fn"]
-        eval_score_fn = score_fn if eval_score_fn is None else check_score_fn(eval_score_fn, "eval_score_fn")
-        # absent from configs pickled into checkpoints written before the key existed
-        pair_score_fn = cfg["pair_score_fn"]
-        pair_score_fn = "tanh" if pair_score_fn is None else check_score_fn(pair_score_fn, "pair_score_fn", PAIR_SCORE_FNS)
-        SAMPLERS.get(cfg["neg_sampler"])
-        neg_num = cfg["neg_num"]
-        if isinstance(neg_num, bool) or not isinstance(neg_num, int) or neg_num < 1:
-            raise ConfigError("neg_num", neg_num, "an integer >= 1")
-        exclude = cfg["exclude_positives"]
-        if not isinstance(exclude, bool):
-            raise ConfigError("exclude_positives", exclude, "True or False")
-        path = cfg["score_path"]
-        if path not in SCORE_PATHS:
-            raise ConfigError("score_path", path, f"one of {list(SCORE_PATHS)}")
-        mode = cfg["train_batch_mode"]
-        if mode not in BATCH_MODES:
-            raise ConfigError("train_batch_mode", mode, f"one of {list(BATCH_MODES)}")
-        k = cfg["positives_per_user"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError("positives_per_user", k, "an integer >= 1")
-        return cls(loss, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k,
-                   _switch(cfg, "cpu_malloc_tuning"), _switch(cfg, "cpu_flush_denormal"), pair_score_fn)
-
-
-def _switch(cfg, key: str) -> bool:
-    """A True/False key that defaults to True when absent (configs pickled into checkpoints written
-    before the key existed)."""
-    value = cfg[key]
-    if value is None:
-        return True
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "True or False")
-    return value
 
 
 def check_model(model_name: str, model_class) -> None:
@@ -119,11 +58,21 @@ class Config(RecBoleConfig):
     test runners never leak their own arguments into the config.
     """
 
+    plugin_settings: Optional[PluginSettings] = None
+
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None,
                  cmd_args: Optional[Sequence[str]] = None):
         self._cmd_args = None if cmd_args is None else list(cmd_args)
+        # PopGroupNDCG / PopGroupRecall must be in RecBole's metric registry before its Config
+        # checks the metric names.
+        register_metrics()
         super().__init__(model, dataset, config_file_list, config_dict)
-        self._check_plugin()
+        self._parse_plugin()
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if self.plugin_settings is not None:  # a key set after parsing: parse (and check) again
+            self._parse_plugin()
 
     def _load_cmd_line(self):
         if self._cmd_args is None:
@@ -165,12 +114,9 @@ class Config(RecBoleConfig):
             self.final_config_dict["train_neg_sample_args"] = None
         super()._set_train_neg_sample_args()
 
-    def _check_plugin(self):
-        check_protocol_keys(self)  # noise ratios, popularity groups (recbole_dsl/protocols), with or without rec_loss
-        if self["rec_loss"] is None:
-            return
-        settings = RecLossSettings.from_config(self)
-        check_sampler_keys(self)  # neg_pop_alpha, and the sampler's fit with the protocols
-        loss = LOSSES.get(settings.loss).from_config(self)  # the loss checks its own keys
-        if hasattr(loss, "check_neg_num"):
-            loss.check_neg_num(settings.neg_num)
+    def _parse_plugin(self):
+        """Every plugin key checked (ConfigError on a bad value, before anything is built)."""
+        settings = PluginSettings.from_config(self)
+        if settings.rec is not None:
+            ADAPTERS.get(self["model"]).check_config(self)
+        self.plugin_settings = settings

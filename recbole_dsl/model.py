@@ -3,132 +3,97 @@
 `get_model("LightGCN")` returns a subclass of RecBole's LightGCN that keeps its name, so every
 name-based lookup in RecBole (model YAML defaults, autoencoder dataloaders, <Name>Trainer)
 keeps working. With `rec_loss` unset the subclass only carries the compatibility fixes and
-trains exactly like the original; with `rec_loss` set, calculate_loss takes the batch's
-(user, positive) rows, draws [B, N] negatives on the device, scores them with one forward pass
-of the model through its adapter (adapters.py: embedding, logits or pair kind), applies the
-chosen loss and adds the model's own auxiliary terms. Evaluation of embedding models scores
-with the same score function; autoencoders and pair scorers evaluate with their own scores.
+trains exactly like the original. With `rec_loss` set, the model gets one adapter instance
+(recbole_dsl/adapters), one loss and one negative sampler, all built once from the run's settings;
+a training step takes the batch's (user, positive) rows, draws [B, N] negatives on the device,
+scores them with one forward pass of the model through its adapter, applies the loss and adds the
+model's own auxiliary terms.
 """
 from __future__ import annotations
 
 import functools
-from logging import getLogger
-from typing import Dict, Optional
+from typing import Dict
 
-import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import get_model as recbole_get_model
 
 from recbole_dsl.adapters import ADAPTERS
 from recbole_dsl.compat import graph_compat
-from recbole_dsl.config import RecLossSettings
-from recbole_dsl.losses import LOSSES, LossContext
-from recbole_dsl.samplers import sampler_from_config
-from recbole_dsl.scoring import all_item_scores, choose_score_path, pair_scores
+from recbole_dsl.losses import LossContext
+from recbole_dsl.samplers import sampler_for_run
+from recbole_dsl.settings import plugin_settings
 from recbole_dsl.workspace import clear_workspaces
 
 
 class RecLossRecommender(GeneralRecommender):
     """Mixin placed in front of a RecBole general model class (see get_model)."""
 
+    # None while rec_loss is unset (the model trains with its own loss). The loss module is an
+    # instance attribute only: a class attribute would hide the registered submodule.
+    rec_settings = None
+    rec_adapter = None
+    neg_sampler = None
+
     def __init__(self, config, dataset):
-        if config["rec_loss"] is not None:
-            # Settings of the model the loss swap cannot apply to fail before it is built.
+        settings = plugin_settings(config)
+        rec = settings.rec
+        if rec is not None:
+            # Settings of the model the loss swap cannot apply to fail before it is built (again
+            # here for Configs that did not come through the plugin's Config).
             ADAPTERS.get(config["model"]).check_config(config)
         with graph_compat(type(self)):
             super().__init__(config, dataset)
-        self.rec_settings: Optional[RecLossSettings] = None
-        self._eval_reps = None
-        if config["rec_loss"] is None:
-            return
-        s = self.rec_settings = RecLossSettings.from_config(config)
-        self.adapter = ADAPTERS.get(config["model"])
-        self.adapter.setup(self, dataset, s)
-        self.rec_loss_fn = LOSSES.get(s.loss).from_config(config)
-        # neg_sampler with its keys, training positives to exclude, training-split item counts,
-        # and the false-negative noise protocol (recbole_dsl/samplers/factory.py)
-        self.neg_sampler = sampler_from_config(config, dataset, self.n_items, self.n_users).to(self.device)
-        # Embedding models choose their score path; pair scorers only ever score the 1 + N
-        # columns of a row (gather); autoencoders (and user-level batches) output whole rows (full).
-        if self.adapter.kind == "pair":
-            self.score_path = "gather"
-        elif self.adapter.kind == "logits" or self.adapter.user_batches:
-            self.score_path = "full"
-        else:
-            self.score_path = choose_score_path(s.score_path, self.n_items, s.neg_num)
-        if self.adapter.kind == "logits":
-            getLogger().info(f"{config['model']}: the loss takes the model's own logits; score_fn={s.score_fn!r} "
-                             f"does not apply, evaluation is the model's own")
-        elif self.adapter.kind == "pair":
-            getLogger().info(f"{config['model']}: the loss takes the model's pair logits through "
-                             f"pair_score_fn={s.pair_score_fn!r}; score_fn={s.score_fn!r} does not apply, "
-                             f"evaluation is the model's own")
         self.last_diagnostics: Dict[str, float] = {}
+        self.rec_loss_fn = None
+        if rec is None:
+            return
+        self.rec_settings = rec
+        self.rec_adapter = ADAPTERS.get(config["model"])(self, dataset, rec)
+        self.rec_loss_fn = rec.build_loss()
+        self.neg_sampler = sampler_for_run(rec, settings.protocols, dataset, self.n_items, self.n_users).to(self.device)
 
     # -- training -------------------------------------------------------------------------
     def train(self, mode: bool = True):
-        # Any switch between training and evaluation invalidates cached representations
-        # (graph models propagate once per evaluation pass, not once per eval batch).
-        self._eval_reps = None
+        # Any switch between training and evaluation invalidates cached representations.
+        if self.rec_adapter is not None:
+            self.rec_adapter.invalidate()
         if not mode:  # the score path's [B, n_items] buffers are not needed while evaluating
             clear_workspaces()
         return super().train(mode)
 
     def calculate_loss(self, interaction, **kwargs):
         # kwargs: what a RecBole trainer passes on (RecVAETrainer's encoder_flag).
-        if self.rec_settings is None:
+        adapter, loss_fn = self.rec_adapter, self.rec_loss_fn
+        if adapter is None:
             return super().calculate_loss(interaction, **kwargs)
-        self._eval_reps = None
-        # The model's own evaluation caches (restore_user_e, ...) are stale after a step; its own
-        # calculate_loss clears them, and we replace that method.
-        self.adapter.clear_caches(self)
-        rows = self.adapter.rows(self, interaction)  # (user, positive) rows; user batches expand here
-        user, pos_item = rows.user, rows.pos_item
-        negs = self.neg_sampler.sample(user, pos_item)
-        neg_item, neg_log_q = negs.items, negs.log_q
-        out = self.adapter.forward(self, rows, neg_item, **kwargs)  # one forward pass of the model
-        sim_alpha = getattr(self.rec_loss_fn, "affinity_alpha", None)
-        pos, neg, item_sim = self.adapter.scores(
-            self, out, rows, neg_item, self.rec_settings.score_fn, self.score_path,
-            getattr(self.rec_loss_fn, "needs_item_sim", False), sim_alpha,
-        )
-        group = user if rows.group is None else rows.group  # BSL's positive groups
-        ctx = LossContext(user=group, neg_log_q=neg_log_q, neg_mask=negs.mask)
-        if sim_alpha is None:
-            ctx.item_sim = item_sim
-        else:  # the adapter mixed it already (one product for cosine scores)
-            ctx.neg_affinity = item_sim
-        loss = self.rec_loss_fn(pos, neg, ctx)
-        scale = self.adapter.rec_scale(self, rows)  # the model's own reduction (mean, sum, per user)
+        adapter.clear_caches()
+        rows = adapter.rows(interaction)  # (user, positive) rows; user batches expand here
+        negs = self.neg_sampler.sample(rows.user, rows.pos_item)
+        out = adapter.forward(rows, negs.items, **kwargs)  # one forward pass of the model
+        scores = adapter.scores(out, rows, negs.items, loss_fn.needs)
+        ctx = LossContext(user=rows.groups, neg_log_q=negs.log_q, neg_mask=negs.mask,
+                          neg_affinity=scores.affinity, n_items=self.n_items - 1)
+        loss = loss_fn(scores.pos, scores.neg, ctx)
+        scale = adapter.rec_scale(rows)  # the model's own reduction (mean, sum, per user)
         if scale != 1.0:
             loss = loss * scale
-        aux = self.adapter.aux_losses(self, out, rows, neg_item)
-        return (loss, *aux) if aux else loss
+        aux = adapter.aux_losses(out, rows, negs.items)
+        return (loss, *aux.values()) if aux else loss
 
     # -- evaluation -----------------------------------------------------------------------
     # Embedding models score with the plugin's score function; autoencoders and pair scorers
     # keep the model's own full_sort_predict / predict (their scores are the model's outputs).
-    def _all_reps(self):
-        if self._eval_reps is None:
-            with torch.no_grad():
-                self._eval_reps = self.adapter.all_reps(self)
-        return self._eval_reps
-
-    def _eval_user_item(self, user):
-        users, items = self._all_reps()
-        return (users[user] if users is not None else self.adapter.user_reps(self, user)), items
-
     def full_sort_predict(self, interaction):
-        if self.rec_settings is None or self.adapter.kind != "embedding":
+        adapter = self.rec_adapter
+        if adapter is None or not adapter.evaluates_with_plugin_scores:
             return super().full_sort_predict(interaction)
-        user_e, items = self._eval_user_item(interaction[self.USER_ID])
-        return all_item_scores(user_e, items, self.rec_settings.eval_score_fn).view(-1)
+        return adapter.full_sort_scores(interaction[self.USER_ID]).view(-1)
 
     def predict(self, interaction):
-        if self.rec_settings is None or self.adapter.kind != "embedding":
+        adapter = self.rec_adapter
+        if adapter is None or not adapter.evaluates_with_plugin_scores:
             return super().predict(interaction)
-        user_e, items = self._eval_user_item(interaction[self.USER_ID])
-        return pair_scores(user_e, items[interaction[self.ITEM_ID]], self.rec_settings.eval_score_fn)
+        return adapter.pair_scores(interaction[self.USER_ID], interaction[self.ITEM_ID])
 
 
 @functools.lru_cache(maxsize=None)

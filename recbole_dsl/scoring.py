@@ -14,7 +14,8 @@ samplers pass them as an expanded [B, N] view of one [N] set, row stride 0) are 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -32,15 +33,9 @@ SCORE_PATHS = ("auto", "full", "gather")
 # "full" is chosen while n_items <= FULL_PATH_RATIO * N. A dense GEMM element costs about a
 # hundredth of a gathered-and-scattered one on CPU (benchmarks/bench_speed.py, score-path rows),
 # so the matrix product over the whole catalogue wins far past n_items == N. Re-measured with
-# backward (BENCHMARKS.md, Robustness (d)): break-even at n_items / N of about 64 (20k items) to
+# backward (BENCHMARKS.md, "Samplers and score paths"): break-even at n_items / N of about 64 (20k items) to
 # 80 (100k items) on a 2-core Xeon.
 FULL_PATH_RATIO = 64.0
-
-
-def check_score_fn(value, key: str = "score_fn", allowed=SCORE_FNS) -> str:
-    if value not in allowed:
-        raise ConfigError(key, value, f"one of {list(allowed)}")
-    return value
 
 
 def pair_logit_scores(logits: Tensor, pair_score_fn: str) -> Tensor:
@@ -107,6 +102,17 @@ def mix_affinity(item_sim: Optional[Tensor], neg: Tensor, alpha: Optional[float]
         return torch.lerp(item_sim.to(neg.dtype), neg.detach(), float(alpha))
 
 
+@dataclass
+class Scores:
+    """What the score path gives a loss for a batch of R rows."""
+
+    pos: Tensor  # [R] score of each row's positive
+    neg: Tensor  # [R, N] scores of its negatives
+    # [R, N], no gradient: alpha * s_n + (1 - alpha) * cos(p, n) when the loss asked for it
+    # (ScoreNeeds.affinity_alpha), else None.
+    affinity: Optional[Tensor] = None
+
+
 def batch_scores(
     user_e: Tensor,
     item_table: Tensor,
@@ -114,29 +120,29 @@ def batch_scores(
     neg_item: Tensor,
     score_fn: str = "cosine",
     path: str = "full",
-    with_item_sim: bool = False,
-    sim_alpha: Optional[float] = None,
-) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Scores of each row's positive [B] and negatives [B, N], and (optionally, without gradient)
-    the cosine similarity of the row's positive item to each of its negatives [B, N], or with
-    ``sim_alpha`` that similarity mixed with the scores, ``alpha * s_n + (1 - alpha) * sim``
-    (see `mix_affinity`).
+    affinity_alpha: Optional[float] = None,
+) -> Scores:
+    """Scores of each row's positive [B] and negatives [B, N] and, with ``affinity_alpha``, the
+    affinity ``alpha * s_n + (1 - alpha) * cos(p, n)`` [B, N] without gradient, where
+    ``cos(p, n)`` is the cosine similarity of the row's positive item to each negative (see
+    `mix_affinity`; alpha 0 gives the similarity itself).
 
     ``neg_item`` [B, N] per row, or one [N] set expanded over the rows (``is_shared``), which is
     scored with one [B, d] x [d, N] product (``path`` does not matter then)."""
     u = _prep(user_e, score_fn)
     # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
     items = _prep(item_table, score_fn)
+    with_item_sim = affinity_alpha is not None
     item_sim, mixed = None, False
     if with_item_sim and (is_shared(neg_item) or path == "full"):
         with torch.no_grad():
             items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
             q = items_c[pos_item]
-            if sim_alpha is not None and score_fn == "cosine":
+            if score_fn == "cosine":
                 # s_n = u . n and sim = p . n are products with the same normalised item n, so their
                 # mix is one product with the mixed query lerp(p, u, alpha): no second [B, N]
                 # block, no mixing pass.
-                q, mixed = torch.lerp(q, u.detach(), float(sim_alpha)), True
+                q, mixed = torch.lerp(q, u.detach(), float(affinity_alpha)), True
     if is_shared(neg_item):
         shared = neg_item[0]
         neg_e = items[shared]  # [N, d]
@@ -166,8 +172,8 @@ def batch_scores(
     else:
         raise ConfigError("score_path", path, f"one of {list(SCORE_PATHS)}")
     if not mixed:
-        item_sim = mix_affinity(item_sim, neg, sim_alpha)
-    return pos, neg, item_sim
+        item_sim = mix_affinity(item_sim, neg, affinity_alpha)
+    return Scores(pos, neg, item_sim)
 
 
 def all_item_scores(user_e: Tensor, item_table: Tensor, score_fn: str = "cosine") -> Tensor:

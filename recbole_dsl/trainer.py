@@ -21,6 +21,7 @@ from recbole.utils import WandbLogger, get_trainer as recbole_get_trainer, set_c
 from recbole_dsl.compat import load_checkpoint, tune_cpu_malloc
 from recbole_dsl.protocols.collector import Collector
 from recbole_dsl.data import UserGroupedTrainDataLoader
+from recbole_dsl.settings import plugin_settings
 
 
 # The loss's diagnostics are averaged over every this-many-th training batch of an epoch.
@@ -53,7 +54,8 @@ class RecLossTrainer(Trainer):
         # second (parallel trials) would overwrite each other.
         root, ext = os.path.splitext(self.saved_model_file)
         self.saved_model_file = f"{root}-{uuid.uuid4().hex[:8]}{ext}"
-        s = self.rec_settings
+        # The run's checked settings (recbole_dsl.settings); None while rec_loss is unset.
+        self.rec_settings = s = plugin_settings(config).rec
         if s is not None and s.cpu_malloc_tuning and self.device.type == "cpu" and tune_cpu_malloc():
             self.logger.debug("recbole_dsl: glibc malloc keeps freed blocks in the process (cpu_malloc_tuning)")
         if s is not None and s.cpu_flush_denormal and self.device.type == "cpu":
@@ -62,23 +64,18 @@ class RecLossTrainer(Trainer):
             # orders of magnitude; values below 1e-38 do not matter to a recommender's training.
             torch.set_flush_denormal(True)
 
-    @property
-    def rec_settings(self):
-        return getattr(self.model, "rec_settings", None)
-
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         s = self.rec_settings
         # Models trained on RecBole's UserDataLoader (autoencoders, ENMF) already get every
         # positive of a batch user in the batch: their loader is left alone.
-        user_batches = getattr(getattr(self.model, "adapter", None), "user_batches", False)
-        if (s is not None and s.train_batch_mode == "user" and not user_batches
+        if (s is not None and s.train_batch_mode == "user" and not self.model.rec_adapter.user_batches
                 and not isinstance(train_data, UserGroupedTrainDataLoader)):
             train_data = UserGroupedTrainDataLoader.wrap(train_data, s.positives_per_user)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        loss_fn = getattr(self.model, "rec_loss_fn", None)
-        if self.rec_settings is None or loss_fn is None or loss_func is not None:
+        loss_fn = self.model.rec_loss_fn if self.rec_settings is not None else None
+        if loss_fn is None or loss_func is not None:
             return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         sums, count, seen = defaultdict(float), 0, 0
         calc = self.model.calculate_loss

@@ -95,15 +95,31 @@ def test_missing_dataset_folder_fails_without_download(tmp_path):
         Config(model="BPR", dataset="nosuch", config_dict={"data_path": str(tmp_path), "gpu_id": ""}, cmd_args=[])
 
 
-def test_cpu_malloc_tuning_applies_on_glibc(monkeypatch):
+def test_cpu_malloc_tuning_sets_glibcs_thresholds(monkeypatch):
+    # The tuning is two mallopt calls; a fake libc records them, so the test fails if either the
+    # parameters or the values change, or if a refused call is reported as applied.
     import ctypes
-    import sys
 
     from recbole_dsl import compat
 
+    calls = []
+
+    class FakeLibc:
+        def __init__(self, answer):
+            def mallopt(param, value):
+                calls.append((param, value))
+                return answer
+
+            self.mallopt = mallopt
+
+    monkeypatch.setattr(compat.sys, "platform", "linux")
+    for answer, applied in ((1, True), (0, False)):
+        calls.clear()
+        monkeypatch.setattr(compat, "_malloc_tuned", False)
+        monkeypatch.setattr(ctypes, "CDLL", lambda name, answer=answer: FakeLibc(answer))
+        assert compat.tune_cpu_malloc() is applied and compat._malloc_tuned is applied
+        assert calls == [(-3, 32 * 1024 * 1024), (-1, 1024 * 1024 * 1024)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    calls.clear()
     monkeypatch.setattr(compat, "_malloc_tuned", False)
-    applied = compat.tune_cpu_malloc()
-    if sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt"):
-        assert applied and compat._malloc_tuned  # glibc accepts both settings
-    x = [bytearray(20 << 20) for _ in range(3)]  # blocks below the 32 MB threshold still allocate
-    assert len(x[-1]) == 20 << 20
+    monkeypatch.setattr(compat.sys, "platform", "darwin")
+    assert compat.tune_cpu_malloc() is False and calls == []  # no glibc: nothing is called

@@ -1,4 +1,4 @@
-"""DSL loss: a slow plain-Python reference, the exact identities of LOSSES.md, and validation."""
+"""DSL loss: a slow plain-Python reference, the exact identities of docs/losses.md, and validation."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.losses import LOSSES, LossContext
+from recbole_dsl.losses import LOSSES, LossContext, ScoreNeeds
 from recbole_dsl.losses.dsl import DSLLoss, dsl_loss
+from recbole_dsl.scoring import mix_affinity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_registered_and_params():
     cfg = {"loss_tau": 0.2, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_slate_size": None, "dsl_gamma": 0.5,
            "dsl_tau_range": 3.0, "dsl_max_weight": None, "dsl_reweight": True, "dsl_temperature": True}
     m = DSLLoss.from_config(cfg)
-    assert m.tau == 0.2 and m.needs_item_sim
+    assert m.tau == 0.2 and m.needs == ScoreNeeds(affinity_alpha=0.5)
 
 
 def test_yaml_defaults_build_the_module():
@@ -306,11 +307,22 @@ def test_yaml_defaults_build_the_module():
     DSLLoss.from_config(cfg)
 
 
-def test_needs_item_sim_per_instance():
-    assert DSLLoss(kappa=1.0, alpha=0.5).needs_item_sim
-    assert not DSLLoss(kappa=1.0, alpha=1.0).needs_item_sim
-    assert not DSLLoss(kappa=0.0, alpha=0.5).needs_item_sim
-    assert not DSLLoss(kappa=1.0, alpha=0.5, reweight=False).needs_item_sim
+def test_needs_are_declared_per_instance():
+    assert DSLLoss(kappa=1.0, alpha=0.5).needs.affinity_alpha == 0.5
+    assert DSLLoss(kappa=1.0, alpha=1.0).needs.affinity_alpha is None  # hardness only: no similarity
+    assert DSLLoss(kappa=0.0, alpha=0.5).needs.affinity_alpha is None
+    assert DSLLoss(kappa=1.0, alpha=0.5, reweight=False).needs.affinity_alpha is None
+
+
+def test_code_defaults_are_the_yaml_defaults():
+    import inspect
+    import pathlib
+    import yaml
+
+    cfg = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "properties" / "loss" / "DSL.yaml").read_text())
+    sig = inspect.signature(DSLLoss)
+    for arg, key in DSLLoss.params.items():
+        assert sig.parameters[arg].default == cfg[key], (arg, key)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.8])
@@ -325,14 +337,14 @@ def test_premixed_affinity_equals_item_sim(alpha):
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(st["w"], st_ref["w"])
     m = DSLLoss(tau=0.3, **kw)
-    assert m.affinity_alpha == alpha
+    assert m.needs.affinity_alpha == alpha
     torch.testing.assert_close(m(pos, neg, LossContext(neg_affinity=a)), ref.mean())
-    assert DSLLoss(kappa=2.0, alpha=1.0).affinity_alpha is None  # hardness only: no similarity at all
+    torch.testing.assert_close(mix_affinity(sim, neg, alpha), a)
 
 
 def test_module_matches_function_and_switches():
     pos, neg, sim = _data(seed=15)
-    ctx = LossContext(item_sim=sim)
+    ctx = LossContext(neg_affinity=mix_affinity(sim, neg, 0.5))
     kw = dict(tau=0.3, kappa=2.0, alpha=0.5, gamma=0.7, slate_size=4, max_weight=2.0, tau_range=2.0)
     m = DSLLoss(**kw)
     ref = dsl_loss(pos, neg, 0.3, item_sim=sim, kappa=2.0, alpha=0.5, gamma=0.7, slate_size=4, max_weight=2.0, tau_range=2.0)
@@ -353,7 +365,7 @@ def test_diagnostics_after_forward():
     pos, neg, sim = _data(seed=16)
     m = DSLLoss(tau=0.2, kappa=2.0, alpha=0.5, gamma=0.5)
     assert m.diagnostics() == {}
-    m(pos, neg, LossContext(item_sim=sim))
+    m(pos, neg, LossContext(neg_affinity=mix_affinity(sim, neg, 0.5)))
     d = m.diagnostics()
     assert set(d) == {"dsl_tau_min", "dsl_tau_median", "dsl_tau_max", "dsl_w_min", "dsl_w_median", "dsl_w_max"}
     for v in d.values():
@@ -363,9 +375,9 @@ def test_diagnostics_after_forward():
     assert d["dsl_w_min"] < 1 < d["dsl_w_max"]
 
 
-def test_module_requires_item_sim_when_needed():
+def test_module_requires_the_affinity_it_declared():
     pos, neg, _ = _data(seed=17)
-    with pytest.raises(ValueError, match="item_sim"):
+    with pytest.raises(ValueError, match="neg_affinity"):
         DSLLoss(kappa=1.0, alpha=0.5)(pos, neg)
 
 
@@ -390,17 +402,18 @@ def test_config_errors(key, kwargs):
     assert key in str(ei.value)
 
 
-def test_check_neg_num():
-    m = DSLLoss(slate_size=10)
-    m.check_neg_num(10)
-    m.check_neg_num(100)
+def test_slate_size_is_checked_against_neg_num():
+    base = {arg: None for arg in DSLLoss.params}
+    base.update(tau=0.3, kappa=2.0, alpha=0.5, gamma=0.5, tau_range=3.0, reweight=True, temperature=True)
+    DSLLoss.check(dict(base, slate_size=10), neg_num=10)
+    DSLLoss.check(dict(base, slate_size=10), neg_num=100)
     with pytest.raises(ConfigError) as ei:
-        m.check_neg_num(5)
+        DSLLoss.check(dict(base, slate_size=10), neg_num=5)
     assert ei.value.key == "dsl_slate_size" and "neg_num=5" in str(ei.value)
-    DSLLoss(slate_size=None).check_neg_num(1)
+    DSLLoss.check(dict(base, slate_size=None), neg_num=1)
     pos, neg, sim = _data(n=5, seed=18)
-    with pytest.raises(ConfigError):
-        m(pos, neg, LossContext(item_sim=sim))
+    with pytest.raises(ConfigError):  # at run time too, for a loss built from Python
+        DSLLoss(slate_size=10)(pos, neg, LossContext(neg_affinity=mix_affinity(sim, neg, 0.5)))
 
 
 def test_accepts_boundary_values():
@@ -415,7 +428,7 @@ def test_diagnostics_values(b, n):
     neg = torch.rand(b, n, generator=g) * 2 - 1
     sim = torch.rand(b, n, generator=g) * 2 - 1
     m = DSLLoss(tau=0.2, kappa=3.0, alpha=0.5, gamma=0.8, max_weight=2.5)
-    m(pos, neg, LossContext(item_sim=sim))
+    m(pos, neg, LossContext(neg_affinity=mix_affinity(sim, neg, 0.5)))
     d = m.diagnostics()
     _, st = dsl_loss(pos, neg, 0.2, item_sim=sim, kappa=3.0, alpha=0.5, gamma=0.8, max_weight=2.5, return_stats=True)
     w, t = st["w"], st["tau_b"]

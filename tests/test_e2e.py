@@ -11,7 +11,7 @@ from recbole.utils import get_model as recbole_get_model
 from recbole_dsl import LOSSES, Config, get_model, get_trainer
 from recbole_dsl.data import UserGroupedTrainDataLoader
 
-from conftest import FAST
+from helpers import FAST
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_cosine_training_scores_cosine_in_evaluation(ml100k, tmp_path):
 def test_dsl_diagnostics_are_logged_per_epoch(score_fn, path, ml100k, tmp_path, caplog):
     train, valid, test = ml100k
     config, net, trainer = make("BPR", "DSL", tmp_path, score_fn=score_fn, score_path=path, dsl_slate_size=8)
-    assert net.rec_loss_fn.needs_item_sim
+    assert net.rec_loss_fn.needs.affinity_alpha is not None
     with caplog.at_level("INFO"):
         trainer._train_epoch(train, 0)
     d = net.last_diagnostics

@@ -41,8 +41,10 @@ def batch(B=6, N=9, dtype=torch.float64, seed=0):
     return pos, neg, sim, log_q, user
 
 
-def ctx_of(loss, user=None, item_sim=None, log_q=None, mask=None):
-    return LossContext(user=user, neg_log_q=log_q, item_sim=item_sim if loss.needs_item_sim else None, neg_mask=mask)
+def ctx_of(loss, user=None, affinity=None, log_q=None, mask=None):
+    """The context a loss gets; ``affinity`` (any [B, N] block) only where the loss asks for one."""
+    wanted = loss.needs.affinity_alpha is not None
+    return LossContext(user=user, neg_log_q=log_q, neg_mask=mask, neg_affinity=affinity if wanted else None)
 
 
 def variable_mask(B, N, seed=1):

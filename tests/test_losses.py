@@ -18,7 +18,7 @@ from recbole_dsl.losses.bsl import bsl_loss
 from recbole_dsl.losses.psl import ACTIVATIONS, psl_loss
 from recbole_dsl.losses.sl import sl_loss
 
-NAMES = [n for n in LOSSES.names() if n != "DSL"]
+NAMES = LOSSES.names()
 PROPS = Path(__file__).resolve().parents[1] / "properties" / "loss"
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -239,7 +239,7 @@ def test_sl_uniform_log_q_is_constant_shift():
 
 
 def test_registry_holds_the_losses():
-    assert {"SL", "BSL", "PSL", "BPR", "BCE"} <= set(NAMES)
+    assert {"SL", "BSL", "PSL", "DSL", "SLK", "BPR", "BCE"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -250,7 +250,9 @@ def test_from_yaml_defaults(name):
     loss = cls.from_config(cfg)
     assert loss.name == name
     pos, neg = scores(grad=True)
-    out = loss(pos, neg, LossContext(user=torch.tensor([0, 1, 0, 2, 1])))
+    # what the loss declared it needs from the score path (DSL: an affinity block, no gradient)
+    affinity = None if loss.needs.affinity_alpha is None else torch.rand_like(neg).detach()
+    out = loss(pos, neg, LossContext(user=torch.tensor([0, 1, 0, 2, 1]), neg_affinity=affinity))
     assert out.dim() == 0 and torch.isfinite(out)
     out.backward()
     assert torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()
@@ -331,8 +333,9 @@ def test_sl_module_log_q_switch():
 def test_bsl_module_grouping_switch():
     pos, neg = scores(B=5, N=4)
     user = torch.tensor([0, 1, 0, 0, 1])
-    grouped = LOSSES.get("BSL")(0.1, 0.2, True)
-    flat = LOSSES.get("BSL")(0.1, 0.2, False)
+    # (tau_pos, tau_neg), the order of bsl_loss
+    grouped = LOSSES.get("BSL")(0.2, 0.1, True)
+    flat = LOSSES.get("BSL")(0.2, 0.1, False)
     torch.testing.assert_close(grouped(pos, neg, LossContext(user=user)), bsl_loss(pos, neg, 0.2, 0.1, user).mean())
     torch.testing.assert_close(flat(pos, neg, LossContext(user=user)), bsl_loss(pos, neg, 0.2, 0.1).mean())
     torch.testing.assert_close(grouped(pos, neg), bsl_loss(pos, neg, 0.2, 0.1).mean())  # no user ids

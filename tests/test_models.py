@@ -7,7 +7,6 @@ on 2 CPU cores.
 """
 import math
 
-import pandas as pd
 import pytest
 import torch
 from recbole.data import create_dataset, data_preparation
@@ -15,13 +14,11 @@ from recbole.data.interaction import Interaction
 from recbole.utils import get_model as recbole_get_model, init_seed
 
 from recbole_dsl import ADAPTERS, LOSSES, Config, ConfigError, get_model, get_trainer
-from recbole_dsl.adapters import REFUSED
+from recbole_dsl.adapters import REFUSED, EmbeddingAdapter, LogitsAdapter, PairAdapter
 
-from conftest import FAST
+from helpers import FAST
 
 pytestmark = pytest.mark.slow
-
-SOURCE = "recbole/dataset_example/ml-100k/ml-100k.inter"
 
 # The end-to-end tests' FAST settings, shrunk further for the model x loss matrix.
 BASE = {
@@ -33,6 +30,7 @@ BASE = {
     "eval_batch_size": 1_000_000,
     "embedding_size": 8,
     "seed": 2020,
+    "slk_k": 5,  # SL@K's sample quantile needs K <= neg_num + 1 (its default K = 20 needs 19+ negatives)
 }
 
 # Shrunk model settings (every model's own YAML defaults otherwise).
@@ -66,25 +64,11 @@ EXPECTED_AUX = {
 SUPPORTED = sorted(EXPECTED_AUX)
 
 
-def write_slice(folder, n_users=100, per_user=50):
-    import recbole
-
-    src = recbole.__file__.rsplit("/", 1)[0] + "/" + SOURCE.split("/", 1)[1]
-    df = pd.read_csv(src, sep="\t")
-    df.columns = ["user_id", "item_id", "rating", "timestamp"]
-    df = df[df.user_id <= n_users].sort_values(["user_id", "timestamp"]).groupby("user_id").head(per_user)
-    (folder / "ml-slice").mkdir(parents=True, exist_ok=True)
-    with open(folder / "ml-slice" / "ml-slice.inter", "w") as f:
-        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
-        df.to_csv(f, sep="\t", header=False, index=False)
-
-
 @pytest.fixture(scope="module")
-def slice_data(tmp_path_factory):
+def slice_data(slice_root):
     """Loaders of the slice: one set of interaction loaders, one of user loaders (autoencoders).
     With rec_loss set RecBole's loader samples nothing, so every model of a kind shares them."""
-    root = tmp_path_factory.mktemp("slice")
-    write_slice(root)
+    root = slice_root
     out = {"root": root}
     for kind, model, batch in (("inter", "BPR", BASE["train_batch_size"]), ("user", "MultiDAE", USER_BATCH)):
         cfg = Config(model, "ml-slice", config_dict=dict(BASE, rec_loss="SL", data_path=str(root),
@@ -126,8 +110,18 @@ def test_model_trains_with_loss(model, loss, slice_data, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     config, net, trainer, (train, valid, test) = make(model, loss, slice_data, tmp_path)
     assert type(net).__name__ == model and isinstance(net, recbole_get_model(model))
-    assert net.adapter is ADAPTERS.get(model)
-    assert net.adapter.aux_names(net) == EXPECTED_AUX[model]
+    # one adapter instance per model, owning its state; no plugin state parked on RecBole's model
+    assert type(net.rec_adapter) is ADAPTERS.get(model) and net.rec_adapter.model is net
+    assert not [k for k in vars(net) if k.startswith("_rl_")]
+    aux_keys = []
+    aux_losses = net.rec_adapter.aux_losses
+
+    def recording_aux(*a):
+        aux = aux_losses(*a)
+        aux_keys.append(tuple(aux))
+        return aux
+
+    monkeypatch.setattr(net.rec_adapter, "aux_losses", recording_aux)
 
     # Never the built-in loss: RecBole's own calculate_loss must not run.
     def builtin(*a, **k):
@@ -147,6 +141,7 @@ def test_model_trains_with_loss(model, loss, slice_data, tmp_path, monkeypatch):
     _, best_valid = trainer.fit(train, valid, saved=True)
 
     assert len(epochs) == 2
+    assert set(aux_keys) == {EXPECTED_AUX[model]}  # the auxiliary terms by name, in logging order
     for parts in epochs:
         # the recommendation term, then the model's own auxiliary terms, each logged
         assert len(parts) == 1 + len(EXPECTED_AUX[model]), parts
@@ -185,7 +180,11 @@ def _one_batch(data):
     return next(iter(data[0]))
 
 
-@pytest.mark.parametrize("model", [m for m in SUPPORTED if ADAPTERS.get(m).kind in ("pair", "logits")]
+def adapter_models(base):
+    return [m for m in SUPPORTED if issubclass(ADAPTERS.get(m), base)]
+
+
+@pytest.mark.parametrize("model", adapter_models(PairAdapter) + adapter_models(LogitsAdapter)
                          + ["LightGCN", "NGCF", "SpectralCF", "DGCF", "NCL", "SGL"])
 def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
     torch.set_num_threads(1)
@@ -203,16 +202,15 @@ def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
     monkeypatch.setattr(net, "forward", counting)
     batch = _one_batch(data).to(net.device)
     net.calculate_loss(batch)
-    kind = net.adapter.kind
-    if kind == "pair":  # the B x (1 + N) pairs in one call, no per-pair predict, no tiling of the batch
+    if isinstance(net.rec_adapter, PairAdapter):  # the B x (1 + N) pairs in one call, no tiling of the batch
         assert calls == [[len(batch) * (1 + config["neg_num"])] * 2]
-    elif kind == "logits":  # one [B_users, n_items] pass over the batch users
+    elif isinstance(net.rec_adapter, LogitsAdapter):  # one [B_users, n_items] pass over the batch users
         assert len(calls) == 1 and calls[0][0] == len(batch)
     else:  # one propagation (SGL: plus its two perturbed views, for its own contrastive term)
         assert len(calls) == (3 if model == "SGL" else 1)
 
 
-PAIR_MODELS = [m for m in SUPPORTED if ADAPTERS.get(m).kind == "pair"]
+PAIR_MODELS = adapter_models(PairAdapter)
 
 
 @pytest.mark.parametrize("pair_score_fn", ["tanh", "logit"])
@@ -277,7 +275,7 @@ def test_nais_stays_finite_with_bounded_scores(loss, slice_data, tmp_path):
     assert first_nonfinite_step("tanh") is None
 
 
-@pytest.mark.parametrize("model", [m for m in SUPPORTED if ADAPTERS.get(m).kind == "embedding"])
+@pytest.mark.parametrize("model", adapter_models(EmbeddingAdapter))
 def test_full_sort_scores_follow_training_steps(model, slice_data, tmp_path):
     """The evaluation cache (propagated embeddings, item towers) is rebuilt after every training
     step, full-sort scores agree with predict(), and cosine scores stay in [-1, 1]."""
@@ -304,7 +302,7 @@ def test_full_sort_scores_follow_training_steps(model, slice_data, tmp_path):
     second = step()
     assert not torch.allclose(first, second)
     with torch.no_grad():
-        net._eval_reps = None  # what an uncached pass gives
+        net.rec_adapter.invalidate()  # what an uncached pass gives
         fresh = net.full_sort_predict(inter).view(len(users), -1)
         items = torch.tensor([1, 7, 42, 300])
         pairs = Interaction({config["USER_ID_FIELD"]: users.repeat_interleave(4),
@@ -327,13 +325,14 @@ def _builtin_and_ours(model, slice_data, tmp_path, **kw):
         net.train()  # builds SGL's two perturbed views
     net.eval()
     batch = _one_batch(data).to(net.device)
-    rows = net.adapter.rows(net, batch)
+    adapter = net.rec_adapter
+    rows = adapter.rows(batch)
     neg = net.neg_sampler.sample(rows.user, rows.pos_item).items
     with torch.no_grad():
-        out = net.adapter.forward(net, rows, neg)
-        aux = net.adapter.aux_losses(net, out, rows, neg)
+        out = adapter.forward(rows, neg)
+        aux = tuple(adapter.aux_losses(out, rows, neg).values())
         inter = Interaction({net.USER_ID: rows.user, net.ITEM_ID: rows.pos_item, net.NEG_ITEM_ID: neg[:, 0]})
-        own = recbole_get_model(model).calculate_loss(net, batch if net.adapter.user_batches else inter)
+        own = recbole_get_model(model).calculate_loss(net, batch if adapter.user_batches else inter)
     return net, rows, neg, out, aux, own
 
 
@@ -341,7 +340,7 @@ def _builtin_and_ours(model, slice_data, tmp_path, **kw):
 def test_graph_aux_terms_have_the_models_own_scale(model, slice_data, tmp_path):
     net, rows, neg, out, aux, own = _builtin_and_ours(model, slice_data, tmp_path)
     with torch.no_grad():
-        users, items = net.adapter.all_reps(net)
+        users, items = net.rec_adapter.all_reps()
         u = users[rows.user]
         d = (u * items[rows.pos_item]).sum(-1) - (u * items[neg[:, 0]]).sum(-1)
         bpr = -torch.nn.functional.logsigmoid(d)
@@ -370,7 +369,7 @@ def test_cdae_regularisers_have_the_models_own_scale(slice_data, tmp_path):
 def test_user_level_rows_are_the_batch_users_positives(slice_data, tmp_path):
     config, net, trainer, data = make("MultiVAE", "BSL", slice_data, tmp_path)
     batch = _one_batch(data)
-    rows = net.adapter.rows(net, batch)
+    rows = net.rec_adapter.rows(batch)
     rm = net.get_rating_matrix(batch[net.USER_ID])
     assert rows.user.shape[0] == int(rm.sum())  # every positive of every batch user, once
     assert bool((rm[rows.row_of, rows.pos_item] == 1).all())
@@ -380,10 +379,10 @@ def test_user_level_rows_are_the_batch_users_positives(slice_data, tmp_path):
     assert counts.max() == config["positives_per_user"]
     for g in groups[:20]:
         assert rows.user[rows.group == g].unique().numel() == 1
-    net._rl_max_rows = 50  # the cap: a random subset of that size, the scale still per user
-    capped = net.adapter.rows(net, batch)
+    net.rec_adapter.max_rows = 50  # the cap: a random subset of that size, the scale still per user
+    capped = net.rec_adapter.rows(batch)
     assert capped.user.shape[0] == 50 and capped.total == rows.user.shape[0]
-    assert net.adapter.rec_scale(net, capped) == pytest.approx(rows.user.shape[0] / len(batch))
+    assert net.rec_adapter.rec_scale(capped) == pytest.approx(rows.user.shape[0] / len(batch))
 
 
 def test_user_grouped_batch_mode_leaves_user_loaders_alone(slice_data, tmp_path):

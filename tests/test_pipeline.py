@@ -23,7 +23,7 @@ from recbole_dsl.compat import graph_compat, load_checkpoint
 from recbole_dsl.quick_start import build
 from recbole_dsl.trainer import RecLossTrainer
 
-from conftest import FAST, ROOT
+from helpers import FAST, ROOT
 
 EXAMPLES = ROOT / "examples"
 SCRIPT_ARGS = ["--epochs=1", "--embedding_size=16", "--neg_num=16", "--gpu_id=", "--state=ERROR",

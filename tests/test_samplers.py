@@ -9,11 +9,14 @@ from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LossContext, sl_loss
 from recbole_dsl.protocols.settings import NOISE_ATTR, ProtocolSettings, TrainingNoise
 from recbole_dsl.samplers import (
-    SAMPLERS, FalseNegativeSampler, NegativeBatch, PositiveSet, build_sampler, is_shared, sampler_from_config,
+    SAMPLERS, FalseNegativeSampler, NegativeBatch, PositiveSet, build_sampler, is_shared, sampler_for_run,
 )
 from recbole_dsl.samplers.base import FIRST_ITEM
 from recbole_dsl.samplers.popularity import alias_table
 from recbole_dsl.scoring import batch_scores
+from recbole_dsl.settings import PluginSettings
+
+from helpers import plugin_defaults
 
 
 def random_interactions(n_users=50, n_items=40, density=0.3, seed=0):
@@ -278,10 +281,11 @@ def test_shared_scoring_path_equals_per_row_scoring(score_fn, path):
     pos_item = torch.randint(1, 30, (5,), generator=g)
     shared = torch.randint(1, 30, (11,), generator=g).expand(5, 11)
     assert is_shared(shared) and not is_shared(shared.contiguous())
-    a = batch_scores(users, table, pos_item, shared, score_fn, path, with_item_sim=True)
-    b = batch_scores(users, table, pos_item, shared.contiguous(), score_fn, path, with_item_sim=True)
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y)
+    for alpha in (0.0, 0.5):  # alpha 0: the similarity itself
+        a = batch_scores(users, table, pos_item, shared, score_fn, path, affinity_alpha=alpha)
+        b = batch_scores(users, table, pos_item, shared.contiguous(), score_fn, path, affinity_alpha=alpha)
+        for x, y in ((a.pos, b.pos), (a.neg, b.neg), (a.affinity, b.affinity)):
+            torch.testing.assert_close(x, y)
 
 
 # ----------------------------------------------------------------------------- false negatives
@@ -325,9 +329,10 @@ def test_false_negative_noise_refuses_shared_negatives():
 
 
 # --------------------------------------------------------------------------------- from config
-class Cfg(dict):
-    def __getitem__(self, key):
-        return self.get(key)
+def sampler_from(cfg, dataset, n_items, n_users):
+    """The run's sampler built as the recommender builds it: settings parsed once, then the factory."""
+    s = PluginSettings.from_config(plugin_defaults("SL", **cfg))
+    return sampler_for_run(s.rec, s.protocols, dataset, n_items=n_items, n_users=n_users)
 
 
 def fake_dataset(users, items, noise=None):
@@ -340,20 +345,20 @@ def fake_dataset(users, items, noise=None):
 def test_sampler_from_config_counts_the_training_split_it_is_given():
     users = torch.tensor([1, 1, 2, 2, 2, 3])
     items = torch.tensor([1, 2, 1, 3, 4, 1])
-    cfg = Cfg(neg_sampler="popularity", neg_num=2, exclude_positives=True, neg_pop_alpha=1.0)
-    s = sampler_from_config(cfg, fake_dataset(users, items), n_items=6, n_users=4)
+    cfg = dict(neg_sampler="popularity", neg_num=2, exclude_positives=True, neg_pop_alpha=1.0)
+    s = sampler_from(cfg, fake_dataset(users, items), n_items=6, n_users=4)
     torch.testing.assert_close(s.probs, torch.tensor([0, 3, 1, 1, 1, 0], dtype=torch.float64) / 6)
     assert s.positives is not None and bool(s.positives.contains(torch.tensor(2), torch.tensor(3)))
 
 
 def test_sampler_from_config_wraps_false_negative_noise_and_requires_prepared_data():
     users, items = torch.tensor([1, 1, 2]), torch.tensor([1, 2, 3])
-    cfg = Cfg(neg_sampler="uniform", neg_num=2, exclude_positives=False, fn_pool_ratio=0.1, fn_noise_p=0.5)
+    cfg = dict(neg_sampler="uniform", neg_num=2, exclude_positives=False, fn_pool_ratio=0.1, fn_noise_p=0.5)
     with pytest.raises(ConfigError, match="data_preparation"):
-        sampler_from_config(cfg, fake_dataset(users, items), n_items=6, n_users=3)
+        sampler_from(cfg, fake_dataset(users, items), n_items=6, n_users=3)
     noise = TrainingNoise(ProtocolSettings(0.1, 0.5), seed=0, n_train_before=4,
                           fn_pool_user=torch.tensor([2]), fn_pool_item=torch.tensor([4]))
-    s = sampler_from_config(cfg, fake_dataset(users, items, noise), n_items=6, n_users=3)
+    s = sampler_from(cfg, fake_dataset(users, items, noise), n_items=6, n_users=3)
     assert isinstance(s, FalseNegativeSampler) and s.p == 0.5
     with pytest.raises(ConfigError, match="per-row"):
-        sampler_from_config(Cfg(cfg, neg_sampler="in_batch"), fake_dataset(users, items, noise), n_items=6, n_users=3)
+        sampler_from(dict(cfg, neg_sampler="in_batch"), fake_dataset(users, items, noise), n_items=6, n_users=3)

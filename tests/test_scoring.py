@@ -20,7 +20,8 @@ def test_full_and_gather_paths_agree_in_value_and_gradient(score_fn):
     u, items, pos, neg = inputs()
     out = {}
     for path in ("full", "gather"):
-        p, n, sim = batch_scores(u, items, pos, neg, score_fn, path, with_item_sim=True)
+        r = batch_scores(u, items, pos, neg, score_fn, path, affinity_alpha=0.0)
+        p, n, sim = r.pos, r.neg, r.affinity
         (p.sum() * 0.7 + (n * torch.arange(n.shape[1], dtype=n.dtype)).sum()).backward()
         out[path] = (p.detach(), n.detach(), sim, u.grad.clone(), items.grad.clone())
         u.grad = items.grad = None
@@ -31,7 +32,8 @@ def test_full_and_gather_paths_agree_in_value_and_gradient(score_fn):
 @pytest.mark.parametrize("score_fn", ["cosine", "dot"])
 def test_scores_match_a_loop(score_fn):
     u, items, pos, neg = inputs(1)
-    p, n, sim = batch_scores(u, items, pos, neg, score_fn, "full", with_item_sim=True)
+    r = batch_scores(u, items, pos, neg, score_fn, "full", affinity_alpha=0.0)  # alpha 0: the similarity
+    p, n, sim = r.pos, r.neg, r.affinity
     f = (lambda a, b: F.cosine_similarity(a, b, dim=0)) if score_fn == "cosine" else (lambda a, b: a @ b)
     for b in range(u.shape[0]):
         assert torch.isclose(p[b], f(u[b], items[pos[b]]))
@@ -43,7 +45,9 @@ def test_scores_match_a_loop(score_fn):
 
 def test_evaluation_scores_use_the_training_score_function():
     u, items, pos, neg = inputs(2)
-    p, n, _ = batch_scores(u, items, pos, neg, "cosine", "full")
+    r = batch_scores(u, items, pos, neg, "cosine", "full")
+    p, n = r.pos, r.neg
+    assert r.affinity is None  # not asked for
     full = all_item_scores(u, items, "cosine")
     torch.testing.assert_close(full.gather(1, neg), n)
     torch.testing.assert_close(pair_scores(u, items[pos], "cosine"), p)
@@ -69,8 +73,10 @@ def test_mixed_affinity_equals_the_mix_of_scores_and_similarity(score_fn, path, 
     if path == "shared":
         neg = neg[0].expand_as(neg)
     run = "full" if path == "shared" else path
-    p, n, sim = batch_scores(u, items, pos, neg, score_fn, run, with_item_sim=True)
-    p2, n2, a = batch_scores(u, items, pos, neg, score_fn, run, with_item_sim=True, sim_alpha=alpha)
+    r = batch_scores(u, items, pos, neg, score_fn, run, affinity_alpha=0.0)
+    n, sim = r.neg, r.affinity
+    r2 = batch_scores(u, items, pos, neg, score_fn, run, affinity_alpha=alpha)
+    n2, a = r2.neg, r2.affinity
     torch.testing.assert_close(n2, n)
     torch.testing.assert_close(a, alpha * n.detach() + (1 - alpha) * sim)
     assert not a.requires_grad

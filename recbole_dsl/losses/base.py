@@ -1,14 +1,15 @@
 """The loss interface shared by every entry of the `rec_loss` registry.
 
 A loss sees only score tensors (and, for the few that need them, a little context such as
-user ids or item-item similarities). It never sees a RecBole Config or Interaction: the
-recommender reads the YAML keys once and builds the loss from plain arguments, using the
-`params` table each loss class declares (constructor argument -> YAML key).
+positive groups or an item-affinity block). It never sees a RecBole Config or Interaction: the
+plugin's settings read the YAML keys once (the `params` table each loss class declares,
+constructor argument -> YAML key, checked by the class's `check`) and the recommender builds the
+loss from those plain arguments.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -18,37 +19,56 @@ from recbole_dsl.registry import Registry
 LOSSES: Registry = Registry("rec_loss")
 
 
+@dataclass(frozen=True)
+class ScoreNeeds:
+    """What a loss asks the score path for beyond the positive and negative scores. A loss declares
+    it at construction (``self.needs``); the adapter's score path computes only what is asked."""
+
+    # [B, N], no gradient: alpha * s_n + (1 - alpha) * cos(p, n), the scores mixed with the cosine
+    # similarity of the row's positive item to each negative item (DSL's reweighting input). With
+    # cosine scores the score path makes it with one product (a mixed query), no separate block.
+    affinity_alpha: Optional[float] = None
+
+
 @dataclass
 class LossContext:
-    """Per-batch extras a loss may use. Everything is optional; a loss that needs a field
-    says so with a class flag so the recommender computes it only when asked."""
+    """Per-batch extras a loss may use; everything is optional."""
 
-    # [B] long: the user of each row; rows with the same value form BSL's positive group S_b.
+    # [B] long: rows with the same value form BSL's positive group S_b (the user of each row, or
+    # finer groups of one user's positives).
     user: Optional[Tensor] = None
     # [B, N]: log of each negative's sampling probability (log-q correction), if the sampler knows it.
     neg_log_q: Optional[Tensor] = None
-    # [B, N]: similarity of the row's positive item to each negative item (DSL's reweighting).
-    item_sim: Optional[Tensor] = None
-    # [B, N], no gradient: alpha * s_n + (1 - alpha) * item_sim for the alpha the loss asked for
-    # (RecLoss.affinity_alpha); the score path makes it without a separate similarity block.
-    neg_affinity: Optional[Tensor] = None
     # [B, N] bool: True for valid negatives (in_batch / shared samplers mask a row's own positive
     # and its training positives). Masked negatives contribute nothing; a row with no valid
     # negative contributes nothing to the batch loss. None: all valid.
     neg_mask: Optional[Tensor] = None
+    # [B, N], no gradient: what ScoreNeeds.affinity_alpha asked for (None when not asked).
+    neg_affinity: Optional[Tensor] = None
+    # Number of real items in the catalogue (RecBole's padding item 0 excluded), for losses whose
+    # formula refers to the whole catalogue; None when unknown.
+    n_items: Optional[int] = None
 
 
 class RecLoss(nn.Module):
-    """Base class: subclasses implement `compute(pos, neg, ctx)` -> [B] per-row losses."""
+    """Base class: subclasses implement `compute(pos, neg, ctx)` -> [B] per-row losses.
+
+    ``params`` maps constructor arguments to YAML keys. ``check`` validates constructor
+    arguments (ConfigError naming the YAML key); the plugin's Config calls it once when a config is
+    parsed, and a subclass's ``__init__`` calls it too, so a loss built from Python is checked the
+    same way. ``needs`` says what the loss wants from the score path (set per instance where it
+    depends on the arguments).
+    """
 
     name: ClassVar[str] = ""
-    # constructor argument -> YAML key; the edge fills the constructor from this table.
     params: ClassVar[Dict[str, str]] = {}
-    # set by losses that need LossContext.item_sim (costs a gather of item representations).
-    needs_item_sim: ClassVar[bool] = False
-    # set (per instance) by losses that want LossContext.neg_affinity mixed with this alpha
-    # instead of item_sim; None: not wanted.
-    affinity_alpha: ClassVar[Optional[float]] = None
+    needs: ScoreNeeds = ScoreNeeds()
+
+    @classmethod
+    def check(cls, kwargs: Dict[str, Any], neg_num: Optional[int] = None) -> Dict[str, Any]:
+        """Constructor arguments, checked and normalised; ``neg_num`` (when known) for arguments
+        bounded by the number of sampled negatives."""
+        return dict(kwargs)
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         raise NotImplementedError
@@ -73,7 +93,7 @@ class RecLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "RecLoss":
-        return cls(**{arg: cfg[key] for arg, key in cls.params.items()})
+        return cls(**cls.check({arg: cfg[key] for arg, key in cls.params.items()}))
 
 
 def check_mask(neg: Tensor, neg_mask: Optional[Tensor]) -> None:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_mean, prepare_mask, zero_empty_rows
-from recbole_dsl.losses.sl import check_positive, check_scores
+from recbole_dsl.checks import check_positive
+from recbole_dsl.losses.sl import check_scores
 
 
 def bpr_loss(pos: Tensor, neg: Tensor, tau: float = 1.0, neg_mask: Optional[Tensor] = None) -> Tensor:
@@ -41,7 +42,11 @@ class BPRLoss(RecLoss):
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
-        self.tau = check_positive("loss_tau", tau)
+        self.tau = self.check(dict(tau=tau))["tau"]
+
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]))
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         return bpr_loss(pos, neg, self.tau, ctx.neg_mask)
@@ -59,7 +64,11 @@ class BCELoss(RecLoss):
 
     def __init__(self, tau: float = 1.0):
         super().__init__()
-        self.tau = check_positive("loss_tau", tau)
+        self.tau = self.check(dict(tau=tau))["tau"]
+
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]))
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         return bce_loss(pos, neg, self.tau, ctx.neg_mask)

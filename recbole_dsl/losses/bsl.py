@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_lme, prepare_mask, zero_empty_rows
-from recbole_dsl.losses.sl import check_positive, check_scores
+from recbole_dsl.checks import check_bool, check_positive
+from recbole_dsl.losses.sl import check_scores
 
 
 def grouped_lme(x: Tensor, group: Tensor) -> Tensor:
@@ -63,17 +64,23 @@ class BSLLoss(RecLoss):
     and BSL is only a rescaled SL."""
 
     name = "BSL"
-    params = {"tau_neg": "loss_tau", "tau_pos": "loss_tau_pos", "group_positives": "bsl_group_positives"}
+    params = {"tau_pos": "loss_tau_pos", "tau_neg": "loss_tau", "group_positives": "bsl_group_positives"}
 
-    def __init__(self, tau_neg: float = 0.1, tau_pos: float = 0.1, group_positives: bool = True):
+    # the same argument order as bsl_loss(pos, neg, tau_pos, tau_neg): tau1, then tau2
+    def __init__(self, tau_pos: float = 0.1, tau_neg: float = 0.1, group_positives: bool = True):
         super().__init__()
-        self.tau_neg = check_positive("loss_tau", tau_neg)
-        self.tau_pos = check_positive("loss_tau_pos", tau_pos)
-        self.group_positives = bool(group_positives)
+        kw = self.check(dict(tau_pos=tau_pos, tau_neg=tau_neg, group_positives=group_positives))
+        self.tau_pos, self.tau_neg, self.group_positives = kw["tau_pos"], kw["tau_neg"], kw["group_positives"]
+
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        return dict(kwargs, tau_pos=check_positive("loss_tau_pos", kwargs["tau_pos"]),
+                    tau_neg=check_positive("loss_tau", kwargs["tau_neg"]),
+                    group_positives=check_bool("bsl_group_positives", kwargs["group_positives"]))
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         group = ctx.user if self.group_positives else None
         return bsl_loss(pos, neg, self.tau_pos, self.tau_neg, group, ctx.neg_mask)
 
     def extra_repr(self) -> str:
-        return f"tau_neg={self.tau_neg}, tau_pos={self.tau_pos}, group_positives={self.group_positives}"
+        return f"tau_pos={self.tau_pos}, tau_neg={self.tau_neg}, group_positives={self.group_positives}"

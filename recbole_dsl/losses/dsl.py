@@ -1,4 +1,4 @@
-"""DSL: dual-scale softmax (Sahyouni et al., arXiv 2602.07206), as read in LOSSES.md.
+"""DSL: dual-scale softmax (Sahyouni et al., arXiv 2602.07206), as read in docs/dsl.md.
 
 Two stop-gradient branches on the log-sum-exp backbone of SL, per row b with
 ``d_j = s_n[j] - s_p``:
@@ -42,8 +42,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from recbole_dsl.checks import check_bool, check_int, check_positive, check_real
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, prepare_mask
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, ScoreNeeds, prepare_mask
 
 
 def _check_scores(pos: Tensor, neg: Tensor) -> None:
@@ -260,13 +261,9 @@ def dsl_loss(
     return loss, {"tau_b": tau_b.detach(), "w": w.detach()}
 
 
-# dsl_w_median is taken over at most this many of the batch's B * N weights (the trainer logs
-# diagnostics every batch; an exact median of 2M values would cost more than the loss itself).
+# dsl_w_median is taken over at most this many of the batch's B * N weights (an exact median of
+# 2M values would cost more than the loss itself).
 _MEDIAN_SAMPLE = 1 << 16
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @LOSSES.register("DSL")
@@ -274,16 +271,17 @@ class DSLLoss(RecLoss):
     """Dual-scale softmax (see `dsl_loss`).
 
     ``reweight=False`` / ``temperature=False`` are ablation switches: that branch is off
-    (kappa, resp. gamma, treated as 0). ``needs_item_sim`` is set per instance: True only when
-    the reweighting branch is active with ``alpha < 1`` (the class attribute is True, the
-    conservative answer before the settings are known).
+    (kappa, resp. gamma, treated as 0). When the reweighting branch is active with ``alpha < 1``
+    the loss declares ``needs = ScoreNeeds(affinity_alpha=alpha)``: the score path hands it
+    ``ctx.neg_affinity = alpha * s_n + (1 - alpha) * cos(p, n)`` (from Python, build it with
+    `recbole_dsl.scoring.mix_affinity`). With ``alpha == 1`` (hardness only) nothing is needed.
 
     ``diagnostics()`` reports the last batch's temperature spread (``dsl_tau_min/median/max``)
     only when the temperature branch is active, and the weight spread (``dsl_w_min/median/max``)
     only when the reweighting branch is active: an inactive branch's figures are constants
     (tau, 1) and are left out rather than logged. The weight min / max are exact; the weight
     median is over an evenly strided sample of at most 65536 of the B * N weights (exact for
-    smaller batches), since the trainer asks for diagnostics every batch.
+    smaller batches).
     """
 
     name = "DSL"
@@ -298,11 +296,11 @@ class DSLLoss(RecLoss):
         "reweight": "dsl_reweight",
         "temperature": "dsl_temperature",
     }
-    needs_item_sim = True
 
+    # Defaults are properties/loss/DSL.yaml's (the validation choice, BENCHMARKS.md "DSL versus SL").
     def __init__(
         self,
-        tau: float = 0.2,
+        tau: float = 0.3,
         kappa: float = 2.0,
         alpha: float = 0.5,
         slate_size: Optional[int] = None,
@@ -313,69 +311,68 @@ class DSLLoss(RecLoss):
         temperature: bool = True,
     ):
         super().__init__()
-        if not (_is_real(tau) and tau > 0):
-            raise ConfigError("loss_tau", tau, "a number > 0")
-        if not _is_real(kappa):
-            raise ConfigError("dsl_kappa", kappa, "a finite real number (0 turns the reweighting off)")
-        if not (_is_real(alpha) and 0 <= alpha <= 1):
-            raise ConfigError("dsl_alpha", alpha, "a number in [0, 1]")
-        if slate_size is not None and not (
-            isinstance(slate_size, int) and not isinstance(slate_size, bool) and slate_size >= 1
-        ):
-            raise ConfigError("dsl_slate_size", slate_size, "None (all negatives) or an integer >= 1")
-        if not _is_real(gamma):
-            raise ConfigError("dsl_gamma", gamma, "a finite real number (0 turns the temperature branch off)")
-        if not (_is_real(tau_range) and tau_range >= 1):
-            raise ConfigError("dsl_tau_range", tau_range, "a number >= 1")
-        if max_weight is not None and not (_is_real(max_weight) and max_weight >= 1):
-            raise ConfigError("dsl_max_weight", max_weight, "None (no cap) or a number >= 1")
-        if not isinstance(reweight, bool):
-            raise ConfigError("dsl_reweight", reweight, "True or False")
-        if not isinstance(temperature, bool):
-            raise ConfigError("dsl_temperature", temperature, "True or False")
-        self.tau = float(tau)
-        self.kappa = float(kappa)
-        self.alpha = float(alpha)
-        self.slate_size = slate_size
-        self.gamma = float(gamma)
-        self.tau_range = float(tau_range)
-        self.max_weight = None if max_weight is None else float(max_weight)
-        self.reweight = reweight
-        self.temperature = temperature
+        kw = self.check(dict(tau=tau, kappa=kappa, alpha=alpha, slate_size=slate_size, gamma=gamma,
+                             tau_range=tau_range, max_weight=max_weight, reweight=reweight, temperature=temperature))
+        self.tau = kw["tau"]
+        self.kappa = kw["kappa"]
+        self.alpha = kw["alpha"]
+        self.slate_size = kw["slate_size"]
+        self.gamma = kw["gamma"]
+        self.tau_range = kw["tau_range"]
+        self.max_weight = kw["max_weight"]
+        self.reweight = kw["reweight"]
+        self.temperature = kw["temperature"]
         # effective strengths after the ablation switches
-        self.eff_kappa = self.kappa if reweight else 0.0
-        self.eff_gamma = self.gamma if temperature else 0.0
-        self.needs_item_sim = self.eff_kappa != 0 and self.alpha < 1
-        # Ask the score path for a = alpha * s_n + (1 - alpha) * cos(p, n) directly (LossContext.neg_affinity):
-        # with cosine scores that is one product with a mixed query instead of a product and a mix.
-        self.affinity_alpha = self.alpha if self.needs_item_sim else None
+        self.eff_kappa = self.kappa if self.reweight else 0.0
+        self.eff_gamma = self.gamma if self.temperature else 0.0
+        uses_similarity = self.eff_kappa != 0 and self.alpha < 1
+        self.needs = ScoreNeeds(affinity_alpha=self.alpha if uses_similarity else None)
         self._last_log_tau_b: Optional[Tensor] = None
         self._last_log_w: Optional[Tuple[Tensor, Tensor]] = None
         self._last_masked = False
 
-    def check_neg_num(self, neg_num: int) -> None:
-        """Raise ConfigError when the slate is larger than the number of sampled negatives."""
-        if self.slate_size is not None and self.slate_size > neg_num:
-            raise ConfigError("dsl_slate_size", self.slate_size, f"an integer in [1, neg_num={neg_num}]")
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        kw = dict(kwargs)
+        kw["tau"] = check_positive("loss_tau", kw["tau"])
+        kw["kappa"] = check_real("dsl_kappa", kw["kappa"], "a finite real number (0 turns the reweighting off)")
+        kw["alpha"] = check_real("dsl_alpha", kw["alpha"], "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        k = kw["slate_size"]
+        if k is not None:
+            check_int("dsl_slate_size", k, 1, "None (all negatives) or an integer >= 1")
+            if neg_num is not None and k > neg_num:
+                raise ConfigError("dsl_slate_size", k, f"an integer in [1, neg_num={neg_num}]")
+        kw["gamma"] = check_real("dsl_gamma", kw["gamma"], "a finite real number (0 turns the temperature branch off)")
+        kw["tau_range"] = check_real("dsl_tau_range", kw["tau_range"], "a number >= 1", lambda v: v >= 1)
+        if kw["max_weight"] is not None:
+            kw["max_weight"] = check_real("dsl_max_weight", kw["max_weight"], "None (no cap) or a number >= 1",
+                                          lambda v: v >= 1)
+        kw["reweight"] = check_bool("dsl_reweight", kw["reweight"])
+        kw["temperature"] = check_bool("dsl_temperature", kw["temperature"])
+        return kw
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        if self.eff_gamma != 0 and ctx.neg_mask is None:
-            self.check_neg_num(neg.shape[1])
-        if self.needs_item_sim and ctx.item_sim is None and ctx.neg_affinity is None:
+        if self.eff_gamma != 0 and ctx.neg_mask is None and self.slate_size is not None:
+            self.check(self._kwargs(), neg.shape[1])
+        alpha = self.needs.affinity_alpha
+        if alpha is not None and ctx.neg_affinity is None:
             raise ValueError(
-                "DSL: LossContext.item_sim (or neg_affinity) is required (dsl_kappa != 0 and dsl_alpha < 1) "
-                "but was not provided"
+                "DSL: LossContext.neg_affinity (alpha * s_n + (1 - alpha) * cos(p, n), see "
+                "recbole_dsl.scoring.mix_affinity) is required when dsl_kappa != 0 and dsl_alpha < 1"
             )
         loss, log_tau_b, log_w = _dsl_parts(
-            pos, neg, self.tau, ctx.item_sim, self.eff_kappa, self.alpha, self.slate_size,
+            pos, neg, self.tau, None, self.eff_kappa, self.alpha, self.slate_size,
             self.eff_gamma, self.tau_range, self.max_weight, 1e-6, ctx.neg_mask,
-            ctx.neg_affinity if self.needs_item_sim else None,
+            ctx.neg_affinity if alpha is not None else None,
         )
         # keep references only (detached, no copies); the summaries are computed on demand
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
         self._last_log_w = log_w  # (u, o), both already detached
         self._last_masked = ctx.neg_mask is not None
         return loss
+
+    def _kwargs(self):
+        return {arg: getattr(self, arg) for arg in self.params}
 
     def diagnostics(self) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}

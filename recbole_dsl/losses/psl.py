@@ -6,9 +6,9 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor
 
-from recbole_dsl.errors import ConfigError
+from recbole_dsl.checks import check_choice, check_positive
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_logsumexp, prepare_mask, zero_empty_rows
-from recbole_dsl.losses.sl import check_positive, check_scores
+from recbole_dsl.losses.sl import check_scores
 
 # The user-facing activations sigma(d), d = (s_n - s_p) / 2 in [-1, 1] for cosine scores.
 ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {
@@ -20,9 +20,8 @@ ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {
 _ALL_ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {**ACTIVATIONS, "exp": torch.exp}
 
 
-def _check_activation(activation) -> None:
-    if activation not in ACTIVATIONS:
-        raise ConfigError("psl_activation", activation, f"one of {sorted(ACTIVATIONS)}")
+def _check_activation(activation) -> str:
+    return check_choice("psl_activation", activation, sorted(ACTIVATIONS))
 
 
 def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh",
@@ -55,9 +54,13 @@ class PSLLoss(RecLoss):
 
     def __init__(self, tau: float = 0.05, activation: str = "tanh"):
         super().__init__()
-        self.tau = check_positive("loss_tau", tau)
-        _check_activation(activation)
-        self.activation = activation
+        kw = self.check(dict(tau=tau, activation=activation))
+        self.tau, self.activation = kw["tau"], kw["activation"]
+
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]),
+                    activation=_check_activation(kwargs["activation"]))
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         return psl_loss(pos, neg, self.tau, self.activation, ctx.neg_mask)

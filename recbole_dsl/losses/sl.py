@@ -1,13 +1,12 @@
 """SL: sampled softmax, the baseline of the BSL, PSL and DSL papers."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from recbole_dsl.errors import ConfigError
+from recbole_dsl.checks import check_bool, check_positive
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, prepare_mask, zero_empty_rows
 
 
@@ -17,14 +16,6 @@ def check_scores(pos: Tensor, neg: Tensor) -> None:
         raise ValueError(
             f"expected pos [B] and neg [B, N>=1] scores, got {tuple(pos.shape)} and {tuple(neg.shape)}"
         )
-
-
-def check_positive(key: str, value) -> float:
-    """Validate a temperature-like hyperparameter: a real number > 0 (bools and NaN rejected)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ConfigError(key, value, "a number > 0")
-    return float(value)
 
 
 def sl_loss(
@@ -71,9 +62,14 @@ class SLLoss(RecLoss):
 
     def __init__(self, tau: float = 0.1, include_positive: bool = False, log_q_correction: bool = False):
         super().__init__()
-        self.tau = check_positive("loss_tau", tau)
-        self.include_positive = bool(include_positive)
-        self.log_q_correction = bool(log_q_correction)
+        kw = self.check(dict(tau=tau, include_positive=include_positive, log_q_correction=log_q_correction))
+        self.tau, self.include_positive, self.log_q_correction = kw["tau"], kw["include_positive"], kw["log_q_correction"]
+
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]),
+                    include_positive=check_bool("sl_include_positive", kwargs["include_positive"]),
+                    log_q_correction=check_bool("sl_log_q_correction", kwargs["log_q_correction"]))
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         # Without a known q (uniform sampler) the correction is a constant: skip it.

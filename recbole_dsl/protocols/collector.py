@@ -28,7 +28,7 @@ class Collector(RecBoleCollector):
         if self.register.need("rec.pos_groups"):
             ds = train_data.dataset
             num_items = ds.num(self.config["ITEM_ID_FIELD"])
-            s = ProtocolSettings.from_config(self.config)
+            s = ProtocolSettings.of(self.config)
             groups = item_groups(counts_array(ds.item_counter, num_items), s.pop_groups, s.pop_group_by)
             self._n_groups = s.pop_groups
             self._item_group = torch.from_numpy(np.maximum(groups, 0)).to(self.device)

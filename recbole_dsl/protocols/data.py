@@ -17,7 +17,7 @@ def data_preparation(config, dataset):
     Without protocol keys set it is exactly RecBole's function. Validation and test splits are
     never changed. Returns (train_data, valid_data, test_data) like RecBole's.
     """
-    settings = ProtocolSettings.from_config(config)
+    settings = ProtocolSettings.of(config)
     if not settings.changes_training_data:
         return recbole_data_preparation(config, dataset)
     seed = settings.seed(config)

@@ -143,7 +143,7 @@ class _PopGroupMetric(AbstractMetric):
     def __init__(self, config):
         super().__init__(config)
         self.topk = config["topk"]
-        s = ProtocolSettings.from_config(config)
+        s = ProtocolSettings.of(config)
         self.n_groups, self.by, self.mode = s.pop_groups, s.pop_group_by, s.pop_group_mode
         _full_sort_only(config)
 

@@ -45,6 +45,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from recbole_dsl.checks import check_real
+from recbole_dsl.config import Config
 from recbole_dsl.errors import ConfigError
 
 SPLITS = ("train", "valid", "test")
@@ -52,13 +54,8 @@ SPLITS = ("train", "valid", "test")
 
 # ---------------------------------------------------------------------------------------- the split
 def _check_ratios(test_ratio, valid_ratio) -> None:
-    def real(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
-
-    if not (real(test_ratio) and 0 < test_ratio < 1):
-        raise ConfigError("test_ratio", test_ratio, "a number in (0, 1)")
-    if not (real(valid_ratio) and 0 <= valid_ratio < 1):
-        raise ConfigError("valid_ratio", valid_ratio, "a number in [0, 1)")
+    check_real("test_ratio", test_ratio, "a number in (0, 1)", lambda v: 0 < v < 1)
+    check_real("valid_ratio", valid_ratio, "a number in [0, 1)", lambda v: 0 <= v < 1)
     if test_ratio + valid_ratio >= 1:
         raise ConfigError("valid_ratio", valid_ratio, f"a number below 1 - test_ratio = {1 - test_ratio:g}",
                           hint="the training split would be empty")
@@ -202,8 +199,6 @@ def _read(path: Path, user_field: str, item_field: str, encoding: str, sep: str)
 def _filtered_keys(dataset: str, config_files: Sequence[str], data_path: Optional[str]):
     """(user, item) tokens of the interactions RecBole keeps after its filters, with these config files."""
     from recbole.data import create_dataset
-
-    from recbole_dsl.config import Config
 
     cfg = {"data_path": data_path} if data_path else {}
     config = Config(model="BPR", dataset=dataset, config_file_list=list(config_files), config_dict=cfg, cmd_args=[])

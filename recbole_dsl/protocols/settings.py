@@ -1,25 +1,20 @@
 """The protocol keys, read and checked once (no RecBole import: samplers and Config use this)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
+from recbole_dsl.checks import check_choice, check_int, check_real
 from recbole_dsl.errors import ConfigError
 
 GROUP_BY = ("items", "interactions")
 GROUP_MODES = ("within", "contribution")
 
 
-def _real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _fraction(key: str, value, closed: bool) -> float:
     """A number in [0, 1) (closed=False) or [0, 1] (closed=True)."""
-    if not (_real(value) and 0 <= value and (value <= 1 if closed else value < 1)):
-        raise ConfigError(key, value, "a number in [0, 1]" if closed else "a number in [0, 1)")
-    return float(value)
+    return check_real(key, value, "a number in [0, 1]" if closed else "a number in [0, 1)",
+                      lambda v: 0 <= v and (v <= 1 if closed else v < 1))
 
 
 def _get(cfg, key, default):
@@ -54,16 +49,18 @@ class ProtocolSettings:
         seed = cfg["noise_seed"]
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigError("noise_seed", seed, "an integer or ~ (the config's seed)")
-        groups = _get(cfg, "pop_groups", 10)
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ConfigError("pop_groups", groups, "an integer >= 1")
-        by = _get(cfg, "pop_group_by", "items")
-        if by not in GROUP_BY:
-            raise ConfigError("pop_group_by", by, f"one of {list(GROUP_BY)}")
-        mode = _get(cfg, "pop_group_mode", "within")
-        if mode not in GROUP_MODES:
-            raise ConfigError("pop_group_mode", mode, f"one of {list(GROUP_MODES)}")
+        groups = check_int("pop_groups", _get(cfg, "pop_groups", 10), 1)
+        by = check_choice("pop_group_by", _get(cfg, "pop_group_by", "items"), GROUP_BY)
+        mode = check_choice("pop_group_mode", _get(cfg, "pop_group_mode", "within"), GROUP_MODES)
         return cls(fn_pool, p, fp, seed, groups, by, mode)
+
+    @classmethod
+    def of(cls, cfg) -> "ProtocolSettings":
+        """The protocol settings the plugin's Config parsed (``cfg.plugin_settings``), or parsed now
+        from a plain RecBole Config (RecBole builds metrics and collectors from whatever Config it has)."""
+        parsed = getattr(cfg, "plugin_settings", None)
+        protocols = getattr(parsed, "protocols", None)
+        return protocols if isinstance(protocols, cls) else cls.from_config(cfg)
 
     def seed(self, cfg) -> int:
         return int(self.noise_seed if self.noise_seed is not None else (cfg["seed"] or 0))

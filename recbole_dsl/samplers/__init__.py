@@ -13,10 +13,10 @@ from recbole_dsl.samplers.popularity import PopularitySampler
 from recbole_dsl.samplers.in_batch import InBatchSampler
 from recbole_dsl.samplers.shared import SharedSampler
 from recbole_dsl.samplers.noisy import FalseNegativeSampler
-from recbole_dsl.samplers.factory import check_sampler_keys, sampler_from_config
+from recbole_dsl.samplers.factory import sampler_for_run
 
 __all__ = [
     "SAMPLERS", "NegativeBatch", "NegativeSampler", "PositiveSet", "UniformSampler", "PopularitySampler",
     "InBatchSampler", "SharedSampler", "FalseNegativeSampler", "build_sampler", "is_shared",
-    "check_sampler_keys", "sampler_from_config",
+    "sampler_for_run",
 ]

@@ -116,7 +116,8 @@ class NegativeSampler:
     """Base class. `sample(user, pos_item)` -> NegativeBatch (items [B, N], log_q, mask).
 
     Class attributes a subclass sets:
-    - ``params``: constructor argument -> YAML key (filled by `sampler_from_config`, as for losses);
+    - ``params``: constructor argument -> YAML key (filled from the run's settings, as for losses;
+      ``check`` validates them once, when the Config is parsed);
     - ``needs_item_counts``: the constructor takes ``item_counts`` [n_items], the training-split
       interaction count of every item;
     - ``per_row``: negatives are drawn independently per row (so a row's negatives can be redrawn
@@ -152,6 +153,11 @@ class NegativeSampler:
 
     def log_q(self, neg: Tensor) -> Optional[Tensor]:
         return None
+
+    @classmethod
+    def check(cls, kwargs: Dict) -> Dict:
+        """The sampler's own parameters (``params``), checked and normalised; ConfigError names the key."""
+        return kwargs
 
     @classmethod
     def check_num(cls, num: int, n_items: int, excluding: bool) -> None:

@@ -1,22 +1,19 @@
 """`popularity`: negatives drawn with probability proportional to training count ** alpha."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from recbole_dsl.checks import check_real
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.samplers.base import FIRST_ITEM, SAMPLERS, NegativeSampler, PositiveSet
 
 
 def check_alpha(alpha) -> float:
-    ok = isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha >= 0
-    if not ok:
-        raise ConfigError("neg_pop_alpha", alpha, "a number >= 0 (0 = uniform over the catalogue)")
-    return float(alpha)
+    return check_real("neg_pop_alpha", alpha, "a number >= 0 (0 = uniform over the catalogue)", lambda v: v >= 0)
 
 
 def popularity_probs(item_counts: Tensor, alpha: float) -> np.ndarray:
@@ -79,6 +76,10 @@ class PopularitySampler(NegativeSampler):
     name = "popularity"
     params = {"alpha": "neg_pop_alpha"}
     needs_item_counts = True
+
+    @classmethod
+    def check(cls, kwargs):
+        return {**kwargs, **({"alpha": check_alpha(kwargs["alpha"])} if "alpha" in kwargs else {})}
 
     def __init__(self, n_items: int, num: int, positives: Optional[PositiveSet] = None,
                  item_counts: Optional[Tensor] = None, alpha: float = 1.0):

@@ -5,7 +5,7 @@
     result.best_config_path, result.best["test"]
 """
 from recbole_dsl.tune.space import SAMPLERS, SearchSpace, known_keys, load_space, validate_space
-from recbole_dsl.tune.runner import SCHEDULERS, SEARCH_ALGS, TuneResult, run_tune
+from recbole_dsl.tune.runner import SCHEDULERS, SEARCH_ALGS, TuneOptions, TuneResult, run_tune
 
-__all__ = ["run_tune", "TuneResult", "load_space", "SearchSpace", "validate_space", "known_keys",
+__all__ = ["run_tune", "TuneOptions", "TuneResult", "load_space", "SearchSpace", "validate_space", "known_keys",
            "SAMPLERS", "SEARCH_ALGS", "SCHEDULERS"]

@@ -8,6 +8,7 @@ what resuming reads). The test split is scored once, for the chosen configuratio
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -16,12 +17,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.tune import report as rpt
 from recbole_dsl.tune.space import (
-    SearchSpace, load_space, parse_space, preserved_env, validate_space,
+    SPACE_OPTIONS, SearchSpace, load_space, parse_space, preserved_env, validate_space,
 )
 from recbole_dsl.tune.trial import CONFIG_ARGS, _plain, evaluate_best, recbole_trial
 
@@ -30,7 +31,10 @@ SCHEDULERS = ("fifo", "asha")
 SETUP_FILE = "recbole_dsl_tune.pkl"
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 DEFAULT_STORAGE = "ray_results"
-DEFAULTS = {"num_samples": None, "search_alg": "grid", "scheduler": "fifo", "grace_period": 5, "reduction_factor": 2}
+# Defaults of the options a space's tune_options may also set (num_samples depends on search_alg).
+SPACE_OPTION_DEFAULTS = {"search_alg": "grid", "scheduler": "fifo", "grace_period": 5, "reduction_factor": 2}
+# The options SETUP_FILE keeps, so that a resume runs the search it continues.
+SAVED_OPTIONS = SPACE_OPTIONS + ("cpus_per_trial", "gpus_per_trial", "max_concurrent_trials", "verbose")
 
 log = logging.getLogger("recbole_dsl.tune")
 
@@ -69,49 +73,131 @@ class TuneResult:
 # ----------------------------------------------------------------------------------------------
 # options
 
-def _check_options(o: Dict[str, Any]) -> Dict[str, Any]:
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if o["search_alg"] not in SEARCH_ALGS:
-        raise ConfigError("search_alg", o["search_alg"], f"one of {list(SEARCH_ALGS)}")
-    if o["scheduler"] not in SCHEDULERS:
-        raise ConfigError("scheduler", o["scheduler"], f"one of {list(SCHEDULERS)}")
-    if o["num_samples"] is not None and (not is_int(o["num_samples"]) or o["num_samples"] < 1):
-        raise ConfigError("num_samples", o["num_samples"], "an integer >= 1")
-    if not is_int(o["grace_period"]) or o["grace_period"] < 1:
-        raise ConfigError("grace_period", o["grace_period"], "an integer >= 1 (epochs)")
-    if not isinstance(o["reduction_factor"], (int, float)) or o["reduction_factor"] <= 1:
-        raise ConfigError("reduction_factor", o["reduction_factor"], "a number > 1")
-    if not isinstance(o["cpus_per_trial"], (int, float)) or o["cpus_per_trial"] <= 0:
-        raise ConfigError("cpus_per_trial", o["cpus_per_trial"], "a number > 0")
-    if not isinstance(o["gpus_per_trial"], (int, float)) or o["gpus_per_trial"] < 0:
-        raise ConfigError("gpus_per_trial", o["gpus_per_trial"], "a number >= 0")
-    mc = o["max_concurrent_trials"]
-    if mc is not None and (not is_int(mc) or mc < 1):
-        raise ConfigError("max_concurrent_trials", mc, "an integer >= 1")
-    if o["search_alg"] == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise ConfigError("search_alg", "optuna", "an installed search library",
-                              hint="pip install 'optuna>=3.4,<4'") from None
-    if o["search_alg"] == "hyperopt":
-        try:
-            import hyperopt  # noqa: F401
-        except ImportError:
-            raise ConfigError("search_alg", "hyperopt", "an installed search library",
-                              hint="pip install hyperopt (or use search_alg optuna, which recbole_dsl installs)") from None
-    return o
+def _is_int(v) -> bool:
+    """An integer option: Python's bools are ints, but True trials or epochs is a mistake."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _search_alg(o, seed):
+def _first_set(*values):
+    """The first value that is not None (None: not given, also a YAML null in tune_options)."""
+    return next((v for v in values if v is not None), None)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How run_tune searches, as opposed to what it searches (the space, model, dataset, config).
+
+    The fields are run_tune's keyword arguments of the same names. Built (and replaced) only
+    through the constructor, which checks every value: a bad option is a ConfigError naming it
+    before the space is read or Ray starts. Frozen, so that the options checked are the options
+    used. The SPACE_OPTIONS are None until `for_space` settles them: an argument given here wins
+    over the space's tune_options, which win over the defaults.
+    """
+
+    num_samples: Optional[int] = None
+    search_alg: Optional[str] = None
+    scheduler: Optional[str] = None
+    grace_period: Optional[int] = None
+    reduction_factor: Optional[float] = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent_trials: Optional[int] = None
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    ray_temp_dir: Optional[str] = None
+    storage_path: Union[str, os.PathLike] = DEFAULT_STORAGE
+    name: Optional[str] = None
+    resume: Union[str, os.PathLike, None] = None
+    retry_errored: bool = False
+    verbose: int = 1
+    test_best: bool = True
+
+    def __post_init__(self):
+        """Every TuneOptions is checked: dataclasses.replace builds through here too."""
+        self._check_values()
+        self._check_search_library()
+
+    def _check_values(self) -> None:
+        """Refuse out-of-range values while the user still sees which option was wrong."""
+        if self.search_alg is not None and self.search_alg not in SEARCH_ALGS:
+            raise ConfigError("search_alg", self.search_alg, f"one of {list(SEARCH_ALGS)}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ConfigError("scheduler", self.scheduler, f"one of {list(SCHEDULERS)}")
+        if self.num_samples is not None and (not _is_int(self.num_samples) or self.num_samples < 1):
+            raise ConfigError("num_samples", self.num_samples, "an integer >= 1")
+        if self.grace_period is not None and (not _is_int(self.grace_period) or self.grace_period < 1):
+            raise ConfigError("grace_period", self.grace_period, "an integer >= 1 (epochs)")
+        if self.reduction_factor is not None and (not isinstance(self.reduction_factor, (int, float))
+                                                  or self.reduction_factor <= 1):
+            raise ConfigError("reduction_factor", self.reduction_factor, "a number > 1")
+        if not isinstance(self.cpus_per_trial, (int, float)) or self.cpus_per_trial <= 0:
+            raise ConfigError("cpus_per_trial", self.cpus_per_trial, "a number > 0")
+        if not isinstance(self.gpus_per_trial, (int, float)) or self.gpus_per_trial < 0:
+            raise ConfigError("gpus_per_trial", self.gpus_per_trial, "a number >= 0")
+        mc = self.max_concurrent_trials
+        if mc is not None and (not _is_int(mc) or mc < 1):
+            raise ConfigError("max_concurrent_trials", mc, "an integer >= 1")
+        if self.num_cpus is not None and (not _is_int(self.num_cpus) or self.num_cpus < 1):
+            raise ConfigError("num_cpus", self.num_cpus, "an integer >= 1")
+        if not _is_int(self.verbose) or self.verbose < 0:
+            raise ConfigError("verbose", self.verbose, "an integer >= 0 (0 quiet, 1 status table, 2 everything)")
+
+    def _check_search_library(self) -> None:
+        """optuna and hyperopt are optional: say what to install now, not after Ray has started."""
+        if self.search_alg == "optuna":
+            try:
+                import optuna  # noqa: F401
+            except ImportError:
+                raise ConfigError("search_alg", "optuna", "an installed search library",
+                                  hint="pip install 'optuna>=3.4,<4'") from None
+        if self.search_alg == "hyperopt":
+            try:
+                import hyperopt  # noqa: F401
+            except ImportError:
+                raise ConfigError("search_alg", "hyperopt", "an installed search library",
+                                  hint="pip install hyperopt (or use search_alg optuna, which recbole_dsl installs)") from None
+
+    @property
+    def gives_space_options(self) -> bool:
+        """Whether any SPACE_OPTIONS was given: a resume says that it ignores them."""
+        return any(getattr(self, k) is not None for k in SPACE_OPTIONS)
+
+    def for_space(self, space_options: Mapping[str, Any]) -> "TuneOptions":
+        """These options with the SPACE_OPTIONS settled: given here, else the space's, else the default."""
+        chosen = {k: _first_set(getattr(self, k), space_options.get(k), SPACE_OPTION_DEFAULTS.get(k))
+                  for k in SPACE_OPTIONS}
+        if chosen["num_samples"] is None:
+            chosen["num_samples"] = 1 if chosen["search_alg"] == "grid" else 10
+        return dataclasses.replace(self, **chosen)
+
+    def to_saved(self) -> Dict[str, Any]:
+        """The SAVED_OPTIONS as the plain dict SETUP_FILE holds (a format older searches share)."""
+        return {k: getattr(self, k) for k in SAVED_OPTIONS}
+
+    def resumed(self, saved: Mapping[str, Any]) -> "TuneOptions":
+        """The options of the search being resumed; only verbosity and where to run come from this call."""
+        return dataclasses.replace(self, **{k: saved[k] for k in SAVED_OPTIONS if k != "verbose"})
+
+
+def _call_options(options: Optional[TuneOptions], keywords: Mapping[str, Any]) -> TuneOptions:
+    """run_tune's options: `options`, or else its keyword arguments; mixing both would hide one of them."""
+    from_keywords = TuneOptions(**keywords)
+    if options is None:
+        return from_keywords
+    if from_keywords != TuneOptions():
+        raise TypeError("run_tune: give the search options either as options=TuneOptions(...) "
+                        "or as keyword arguments, not both")
+    return options
+
+
+def _search_alg(o: TuneOptions, seed):
+    """Ray's search algorithm for o.search_alg, seeded by the config's seed (reproducible searches)."""
     from ray.tune.search import BasicVariantGenerator
 
-    if o["search_alg"] in ("grid", "random"):
+    if o.search_alg in ("grid", "random"):
         # Ray ignores TuneConfig.max_concurrent_trials for a generator instance: give it here.
-        return BasicVariantGenerator(max_concurrent=o["max_concurrent_trials"] or 0, random_state=seed)
-    if o["search_alg"] == "optuna":
+        return BasicVariantGenerator(max_concurrent=o.max_concurrent_trials or 0, random_state=seed)
+    if o.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=seed)
@@ -120,22 +206,23 @@ def _search_alg(o, seed):
     return HyperOptSearch(random_state_seed=seed)
 
 
-def _scheduler(o, max_epochs):
-    if o["scheduler"] == "fifo":
+def _scheduler(o: TuneOptions, max_epochs):
+    """Ray's trial scheduler: None (FIFO, every trial runs to its end) or ASHA, in epochs."""
+    if o.scheduler == "fifo":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    grace = min(o["grace_period"], max_epochs)
+    grace = min(o.grace_period, max_epochs)
     # metric and mode come from TuneConfig (Ray refuses them twice)
     return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace,
-                         reduction_factor=o["reduction_factor"])
+                         reduction_factor=o.reduction_factor)
 
 
 # ----------------------------------------------------------------------------------------------
 # setup (what the trials need), built and checked before Ray starts
 
 def _abs_data_path(cfg: Dict[str, Any]) -> None:
-    # Trials run in their own directories: a relative data_path would resolve there.
+    """Trials run in their own directories: a relative data_path would resolve there."""
     dp = cfg.get("data_path")
     if isinstance(dp, str) and dp and not os.path.isabs(dp):
         cfg["data_path"] = os.path.abspath(dp)
@@ -163,6 +250,8 @@ def key_from_sources(key: str, config_file_list=None, config_dict=None, cmd_args
 
 def _build_setup(sp: SearchSpace, model, dataset, config_file_list, config_dict, cmd_args,
                  quick_start_defaults: bool) -> Dict[str, Any]:
+    """What every trial needs, as plain picklable data; building the base Config and checking
+    every point of the space here is what makes a bad setting fail before any trial starts."""
     from recbole_dsl.config import Config
     from recbole_dsl.quick_start import quick_start_config_file
 
@@ -216,17 +305,77 @@ def _build_setup(sp: SearchSpace, model, dataset, config_file_list, config_dict,
     }
 
 
+def _trial_setup(setup: Mapping[str, Any], opts: TuneOptions) -> Dict[str, Any]:
+    """The setup plus what this run (not the saved search) tells the trials: threads and console logs."""
+    return dict(setup, cpus_per_trial=opts.cpus_per_trial, trial_console_logs=opts.verbose >= 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the experiment folder: a new search saves its setup and options there, a resume reads them back
+
 def _experiment_name(sp: SearchSpace, setup) -> str:
+    """A default folder name that says what was searched, and when."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{sp.name}-{setup['model']}-{setup['dataset']}-{stamp}"
+
+
+def _new_experiment_dir(opts: TuneOptions, sp: SearchSpace, setup) -> str:
+    """Create the folder of a new search; an existing search there is refused, not overwritten."""
+    storage = os.path.abspath(os.path.expanduser(str(opts.storage_path)))
+    name = opts.name or _experiment_name(sp, setup)
+    exp_dir = os.path.join(storage, name)
+    if os.path.exists(os.path.join(exp_dir, SETUP_FILE)):
+        raise ConfigError("tune_name", name, "the name of a new search",
+                          hint=f"{exp_dir} already holds a search; continue it with --tune_resume={exp_dir}")
+    os.makedirs(exp_dir, exist_ok=True)
+    return exp_dir
+
+
+def _new_search(space, opts: TuneOptions, model, dataset, config_file_list, config_dict, cmd_args,
+                quick_start_defaults: bool) -> Tuple[str, Dict[str, Any], TuneOptions]:
+    """Read and check the space, settle the options, build the setup, and save both in a new
+    experiment folder (which is what a resume reads). Returns (folder, setup, options)."""
+    if space is None:
+        raise ConfigError("tune", None, "a search space (YAML file or dict)")
+    sp = load_space(space)
+    opts = opts.for_space(sp.options)
+    setup = _build_setup(sp, model, dataset, config_file_list, config_dict, cmd_args, quick_start_defaults)
+    exp_dir = _new_experiment_dir(opts, sp, setup)
+    with open(os.path.join(exp_dir, SETUP_FILE), "wb") as f:
+        pickle.dump({"setup": setup, "options": opts.to_saved()}, f)
+    return exp_dir, setup, opts
+
+
+def _resume_dir(opts: TuneOptions) -> str:
+    """The folder to resume: a path, or a name under storage_path; it must hold a recbole_dsl search."""
+    resume = str(opts.resume)
+    exp_dir = os.path.abspath(os.path.expanduser(resume))
+    if not os.path.isdir(exp_dir) and not os.path.isabs(resume):
+        exp_dir = os.path.abspath(os.path.join(opts.storage_path, resume))
+    setup_file = os.path.join(exp_dir, SETUP_FILE)
+    if not os.path.isfile(setup_file):
+        raise ConfigError("tune_resume", resume, "the folder of a search started by recbole_dsl",
+                          hint=f"{setup_file} does not exist")
+    return exp_dir
+
+
+def _resumed_search(opts: TuneOptions, space_given: bool, out) -> Tuple[str, Dict[str, Any], TuneOptions]:
+    """The folder, setup and options of the interrupted search opts.resume names: a resume runs
+    the search that was started, whatever space or search options this call gives."""
+    exp_dir = _resume_dir(opts)
+    with open(os.path.join(exp_dir, SETUP_FILE), "rb") as f:
+        saved = pickle.load(f)
+    if space_given or opts.gives_space_options:
+        print("resuming: the space and search options are those of the interrupted search", file=out)
+    return exp_dir, saved["setup"], opts.resumed(saved["options"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Ray
 
 def _pythonpath_env() -> Dict[str, str]:
-    # Ray workers get the driver's cwd and script folder on sys.path, not the whole sys.path:
-    # make sure they import this recbole_dsl (a source checkout need not be installed).
+    """Ray workers get the driver's cwd and script folder on sys.path, not the whole sys.path:
+    make sure they import this recbole_dsl (a source checkout need not be installed)."""
     pkg_parent = str(Path(__file__).resolve().parents[2])
     parts = [pkg_parent] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
@@ -258,16 +407,97 @@ def _init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optiona
 
 
 def _trainable(setup, cpus, gpus):
+    """The trial function with the setup bound and the resources Ray reserves for each trial."""
     from ray import tune
 
     fn = tune.with_parameters(recbole_trial, setup=setup)
     return tune.with_resources(fn, {"cpu": cpus, "gpu": gpus})
 
 
+def _tune_config(setup, opts: TuneOptions):
+    """What to optimise and how to pick the trials (search algorithm, scheduler, concurrency)."""
+    from ray import tune
+
+    return tune.TuneConfig(
+        metric="best_valid_score", mode="max" if setup["bigger"] else "min", num_samples=opts.num_samples,
+        search_alg=_search_alg(opts, setup["seed"]),
+        scheduler=_scheduler(opts, setup["max_epochs"]),
+        # grid and random get the limit through their generator (_search_alg)
+        max_concurrent_trials=None if opts.search_alg in ("grid", "random") else opts.max_concurrent_trials,
+        reuse_actors=False,
+    )
+
+
+def _run_config(exp_dir: str, opts: TuneOptions):
+    """Where Ray keeps the search (exp_dir), how much it prints; a failed trial is not retried
+    and Ray keeps no checkpoints (the trials save RecBole's own)."""
+    from ray import air
+
+    return air.RunConfig(
+        name=os.path.basename(exp_dir), storage_path=os.path.dirname(exp_dir), verbose=min(opts.verbose, 2),
+        failure_config=air.FailureConfig(max_failures=0, fail_fast=False),
+        checkpoint_config=air.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
+    )
+
+
+def _new_tuner(exp_dir: str, setup, opts: TuneOptions):
+    """A Ray Tuner for a new search of the setup's space."""
+    from ray import tune
+
+    sp = parse_space(setup["space"], setup["space_source"])
+    # With ASHA the grid runs in a shuffled (seeded) order: ASHA stops a trial only when it lags
+    # behind trials already past the same rung, so a grid listed from worst to best (small
+    # temperatures first, say) would never stop anything.
+    shuffle_seed = (setup["seed"] or 0) if opts.scheduler == "asha" else None
+    return tune.Tuner(
+        _trainable(setup, opts.cpus_per_trial, opts.gpus_per_trial),
+        param_space=sp.param_space(grid_as_choice=opts.search_alg != "grid", shuffle_seed=shuffle_seed),
+        tune_config=_tune_config(setup, opts),
+        run_config=_run_config(exp_dir, opts),
+    )
+
+
+def _restored_tuner(exp_dir: str, setup, opts: TuneOptions):
+    """The Ray Tuner of an interrupted search: finished trials are kept, unfinished ones rerun,
+    failed ones only with retry_errored."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(exp_dir):
+        raise ConfigError("tune_resume", exp_dir, "a search Ray saved state for",
+                          hint="no experiment state found (it stopped before its first trial started)")
+    return tune.Tuner.restore(exp_dir, trainable=_trainable(setup, opts.cpus_per_trial, opts.gpus_per_trial),
+                              resume_unfinished=True, resume_errored=False, restart_errored=opts.retry_errored)
+
+
+def _fit(tuner, exp_dir: str):
+    """Run the trials. Ray Tune stopping the whole search becomes a SearchAborted that says why
+    and how to continue, since Ray has saved its state by then."""
+    try:
+        return tuner.fit()
+    except Exception as e:  # noqa: BLE001 - re-raised with what to do next
+        raise SearchAborted(
+            f"the search stopped: {_abort_reason(e)}. Ray saves its state as it goes; continue it with "
+            f"python run_recbole_dsl.py --tune_resume={exp_dir}"
+        ) from e
+
+
+def _abort_reason(e: BaseException) -> str:
+    """Ray's memory monitor surfaces as an unrelated-looking error: name it, else show the error."""
+    chain, c = [], e
+    while c is not None and len(chain) < 10:
+        chain.append(type(c).__name__)
+        c = c.__cause__ or c.__context__
+    if "OutOfMemoryError" in chain:
+        return ("Ray's memory monitor killed a trial (the node ran out of memory), which Ray Tune "
+                "2.6 cannot treat as one failed trial")
+    return f"{type(e).__name__}: {e}"
+
+
 # ----------------------------------------------------------------------------------------------
 # results
 
 def _error_line(trial) -> str:
+    """One line for a failed trial's row: the last line of its traceback (exception and message)."""
     path = getattr(trial, "error_file", None)
     text = ""
     if path and os.path.isfile(path):
@@ -276,7 +506,6 @@ def _error_line(trial) -> str:
     elif getattr(trial, "error_msg", None):
         text = trial.error_msg
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    # The last line of the traceback names the exception and its message.
     return lines[-1][:300] if lines else "error (see the trial's error.txt)"
 
 
@@ -291,49 +520,65 @@ def _saved_statuses(exp_dir) -> Dict[str, str]:
         return {}
 
 
-def _collect(result_grid, setup, exp_dir, expected: int) -> (List[Dict[str, Any]], bool):
+def _status(trial, last_result: Mapping[str, Any], saved_status: Optional[str]) -> str:
+    """finished, stopped early, error or not finished: what the user needs, not Ray's states."""
     from ray.tune.experiment import Trial
 
+    if saved_status in (Trial.PENDING, Trial.RUNNING, Trial.PAUSED):
+        return "not finished"
+    if trial.status == Trial.ERROR:
+        return "error"
+    if trial.status == Trial.TERMINATED:
+        # Ray marks a trial its scheduler stopped as done too: the trial says itself whether
+        # its last report was its last evaluation (end of training or RecBole's early stopping).
+        return "finished" if last_result.get("final") else "stopped early"
+    return "not finished"
+
+
+def _row(trial, setup, status: str) -> Dict[str, Any]:
+    """A trial's line of trials.csv (plus _checkpoint and _node_id, which the final test needs)."""
+    from ray.tune.experiment import Trial
+
+    m = setup["metric"]
+    res = dict(trial.last_result or {})
+    params = {k: _plain(trial.config.get(k)) for k in setup["searched"]}
+    row = {"trial_id": trial.trial_id, "status": status, **params,
+           f"best valid {m}": res.get("best_valid_score") if "best_valid_score" in res else None,
+           "best_epoch": res.get("best_epoch"),
+           "epochs": res.get("epoch"),
+           f"last valid {m}": res.get("valid_score"),
+           "node": (res.get("node_id") or "")[:8] or None,
+           "threads": res.get("threads"),
+           "device": res.get("device"),
+           "time_s": round(float(res["time_total_s"]), 1) if "time_total_s" in res else None,
+           "error": _error_line(trial) if trial.status == Trial.ERROR else None,
+           "trial_dir": trial.local_path}
+    for k, v in res.items():
+        if k.startswith("best_valid_") and k != "best_valid_score":
+            row[k.replace("best_valid_", "best valid ")] = v
+    row["_checkpoint"] = res.get("checkpoint")
+    row["_node_id"] = res.get("node_id")
+    return row
+
+
+def _collect(result_grid, setup, exp_dir, expected: int) -> Tuple[List[Dict[str, Any]], bool]:
+    """One row per trial, and whether the search was interrupted (fewer trials than expected,
+    or some not finished)."""
     trials = list(result_grid._experiment_analysis.trials)
     saved = _saved_statuses(exp_dir)
-    m = setup["metric"]
-    rows, interrupted = [], len(trials) < expected
-    for t in trials:
-        res = dict(t.last_result or {})
-        params = {k: _plain(t.config.get(k)) for k in setup["searched"]}
-        if saved.get(t.trial_id) in (Trial.PENDING, Trial.RUNNING, Trial.PAUSED):
-            status = "not finished"
-            interrupted = True
-        elif t.status == Trial.ERROR:
-            status = "error"
-        elif t.status == Trial.TERMINATED:
-            # Ray marks a trial its scheduler stopped as done too: the trial says itself whether
-            # its last report was its last evaluation (end of training or RecBole's early stopping).
-            status = "finished" if res.get("final") else "stopped early"
-        else:
-            status = "not finished"
-            interrupted = True
-        row = {"trial_id": t.trial_id, "status": status, **params,
-               f"best valid {m}": res.get("best_valid_score") if "best_valid_score" in res else None,
-               "best_epoch": res.get("best_epoch"),
-               "epochs": res.get("epoch"),
-               f"last valid {m}": res.get("valid_score"),
-               "node": (res.get("node_id") or "")[:8] or None,
-               "threads": res.get("threads"),
-               "device": res.get("device"),
-               "time_s": round(float(res["time_total_s"]), 1) if "time_total_s" in res else None,
-               "error": _error_line(t) if t.status == Trial.ERROR else None,
-               "trial_dir": t.local_path}
-        for k, v in res.items():
-            if k.startswith("best_valid_") and k != "best_valid_score":
-                row[k.replace("best_valid_", "best valid ")] = v
-        row["_checkpoint"] = res.get("checkpoint")
-        row["_node_id"] = res.get("node_id")
-        rows.append(row)
+    rows = [_row(t, setup, _status(t, t.last_result or {}, saved.get(t.trial_id))) for t in trials]
+    interrupted = len(trials) < expected or any(r["status"] == "not finished" for r in rows)
     return rows, interrupted
 
 
+def _expected_trials(setup, opts: TuneOptions) -> int:
+    """How many trials a complete search has: num_samples, times the grid's size for a grid search."""
+    per_sample = parse_space(setup["space"]).grid_size() if opts.search_alg == "grid" else 1
+    return opts.num_samples * per_sample
+
+
 def _columns(rows, setup) -> List[str]:
+    """trials.csv's columns: the searched keys and the validation metric first."""
     m = setup["metric"]
     cols = ["trial_id", "status"] + list(setup["searched"]) + [f"best valid {m}"]
     extra = sorted({k for r in rows for k in r if k.startswith("best valid ") and k != f"best valid {m}"})
@@ -341,7 +586,29 @@ def _columns(rows, setup) -> List[str]:
     return cols
 
 
+def _result(result_grid, setup, opts: TuneOptions, exp_dir: str) -> TuneResult:
+    """The search's outcome as run_tune returns it, rows sorted best first; no file written yet."""
+    m = setup["metric"]
+    rows, interrupted = _collect(result_grid, setup, exp_dir, _expected_trials(setup, opts))
+    rows = rpt.sort_rows(rows, f"best valid {m}", setup["bigger"])
+    result = TuneResult(path=exp_dir, rows=rows, columns=_columns(rows, setup), metric=m, interrupted=interrupted)
+    result.num_errors = sum(r["status"] == "error" for r in rows)
+    result.epochs_total = int(sum(r.get("epochs") or 0 for r in rows))
+    result.csv_path = os.path.join(exp_dir, "trials.csv")
+    if interrupted:
+        result.resume_command = f"python run_recbole_dsl.py --tune_resume={exp_dir}"
+    return result
+
+
+def _scored_rows(result: TuneResult) -> List[Dict[str, Any]]:
+    """The trials with a finite validation score, best first: the ones the plot and the choice use."""
+    key = f"best valid {result.metric}"
+    return [r for r in result.rows if isinstance(r.get(key), (int, float))
+            and math.isfinite(r[key]) and r["status"] != "error"]
+
+
 def _write_csv(path, rows, columns):
+    """trials.csv: every trial, failed ones too, in the order of the table."""
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
@@ -349,15 +616,39 @@ def _write_csv(path, rows, columns):
             w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
 
 
-def _best_config(setup, params) -> Dict[str, Any]:
-    cfg = dict(setup["config_dict"])
-    cfg.update({k: v for k, v in params.items() if k not in CONFIG_ARGS})
-    model = params.get("model", setup["model"])
-    dataset = params.get("dataset", setup["dataset"])
-    return {"model": model, "dataset": dataset, **_plain(cfg)}
+def _write_plot(result: TuneResult, setup, scored: List[Dict[str, Any]]) -> None:
+    """valid_vs_<key>.svg when a searched key can be an x axis (sets result.plot_path)."""
+    m = result.metric
+    x_key = rpt.plot_x_key(setup["searched"], scored)
+    if not (x_key and scored):
+        return
+    series = rpt.series_keys(setup["searched"], scored, x_key)
+    result.plot_path = os.path.join(result.path, f"valid_vs_{x_key}.svg")
+    with open(result.plot_path, "w", encoding="utf-8") as f:
+        f.write(rpt.svg_plot(scored, x_key, f"best valid {m}", f"validation {m}", series,
+                             f"{os.path.basename(result.path)}: validation {m} vs {x_key}"))
+
+
+def _best_trial(best_row, setup, opts: TuneOptions, exp_dir: str) -> Dict[str, Any]:
+    """result.best: the chosen trial's parameters and validation scores, and its test scores
+    when opts.test_best (computed here, once, for this configuration only)."""
+    m = setup["metric"]
+    params = {k: best_row[k] for k in setup["searched"] if k in best_row}
+    best = {"trial_id": best_row["trial_id"], "params": params,
+            "best_valid_score": best_row[f"best valid {m}"], "best_epoch": best_row["best_epoch"],
+            "valid": {k.replace("best valid ", ""): v for k, v in best_row.items() if k.startswith("best valid ")},
+            "test": None}
+    if opts.test_best:
+        evaluated = _final_test(setup, best_row, exp_dir, opts.cpus_per_trial, opts.gpus_per_trial)
+        if evaluated:
+            best["test"] = evaluated["test"]
+            best["valid_check"] = evaluated["valid"]
+    return best
 
 
 def _final_test(setup, best_row, exp_dir, cpus, gpus) -> Optional[Dict[str, Any]]:
+    """Score the best trial's checkpoint on validation and test, in a Ray task with a trial's
+    resources; None when the checkpoint is on another node of the cluster."""
     import ray
 
     trial_dir = best_row.get("trial_dir")
@@ -373,7 +664,17 @@ def _final_test(setup, best_row, exp_dir, cpus, gpus) -> Optional[Dict[str, Any]
     return ray.get(task.remote(setup, params, data, os.path.join(exp_dir, "best_test")))
 
 
+def _best_config(setup, params) -> Dict[str, Any]:
+    """The full configuration of the best trial, as run_recbole_dsl.py --config_files= reads it."""
+    cfg = dict(setup["config_dict"])
+    cfg.update({k: v for k, v in params.items() if k not in CONFIG_ARGS})
+    model = params.get("model", setup["model"])
+    dataset = params.get("dataset", setup["dataset"])
+    return {"model": model, "dataset": dataset, **_plain(cfg)}
+
+
 def _header(setup, best, exp_dir) -> List[str]:
+    """best_config.yaml's comment: where it comes from, its scores and how to rerun it."""
     m = setup["metric"]
     cmd = f"python run_recbole_dsl.py --config_files={os.path.join(exp_dir, 'best_config.yaml')}"
     lines = [
@@ -385,6 +686,14 @@ def _header(setup, best, exp_dir) -> List[str]:
         lines.append(f"Test of this configuration only (computed once, after the search): {shown}")
     lines.append(f"Rerun: {cmd}")
     return lines
+
+
+def _write_best_config(result: TuneResult, setup) -> None:
+    """best_config.yaml for result.best (sets result.best_config and result.best_config_path)."""
+    result.best_config = _best_config(setup, result.best["params"])
+    result.best_config_path = os.path.join(result.path, "best_config.yaml")
+    with open(result.best_config_path, "w", encoding="utf-8") as f:
+        f.write(rpt.best_config_yaml(result.best_config, _header(setup, result.best, result.path)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,7 +710,7 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
              name: Optional[str] = None, resume: Union[str, os.PathLike, None] = None,
              retry_errored: bool = False, verbose: int = 1, num_cpus: Optional[int] = None,
              ray_temp_dir: Optional[str] = None, test_best: bool = True,
-             quick_start_defaults: bool = True, out=None) -> TuneResult:
+             quick_start_defaults: bool = True, out=None, options: Optional[TuneOptions] = None) -> TuneResult:
     """Search `space` with Ray Tune; see README.md, section Tuning.
 
     space: a YAML file, a dict in the same format, or a SearchSpace. model/dataset/config_file_list/
@@ -410,141 +719,31 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
     hyperopt; scheduler: fifo | asha (grace_period, reduction_factor in epochs). address: None
     starts a local Ray (num_cpus, ray_temp_dir), 'auto' or 'host:port' joins a running cluster.
     resume: the folder of an interrupted search to continue (finished trials are kept).
-    Returns a TuneResult; raises ConfigError before any trial starts when the space or an option
-    is invalid.
+    options: a TuneOptions holding the keyword arguments from num_samples to test_best, instead
+    of them. Returns a TuneResult; raises ConfigError before any trial starts when the space or
+    an option is invalid.
     """
+    call = locals()  # first statement: exactly the arguments, TuneOptions' fields among them
+    opts = _call_options(options, {f.name: call[f.name] for f in dataclasses.fields(TuneOptions)})
     out = out or sys.stdout
     t0 = time.time()
-    given = dict(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
-                 grace_period=grace_period, reduction_factor=reduction_factor)
-    if resume is not None:
-        exp_dir = os.path.abspath(os.path.expanduser(str(resume)))
-        if not os.path.isdir(exp_dir) and not os.path.isabs(str(resume)):
-            exp_dir = os.path.abspath(os.path.join(storage_path, str(resume)))
-        setup_file = os.path.join(exp_dir, SETUP_FILE)
-        if not os.path.isfile(setup_file):
-            raise ConfigError("tune_resume", str(resume), "the folder of a search started by recbole_dsl",
-                              hint=f"{setup_file} does not exist")
-        with open(setup_file, "rb") as f:
-            saved = pickle.load(f)
-        setup, opts = saved["setup"], saved["options"]
-        if any(v is not None for v in given.values()) or space is not None:
-            print("resuming: the space and search options are those of the interrupted search", file=out)
-        opts["verbose"] = verbose
+    if opts.resume is not None:
+        exp_dir, setup, opts = _resumed_search(opts, space is not None, out)
     else:
-        if space is None:
-            raise ConfigError("tune", None, "a search space (YAML file or dict)")
-        sp = load_space(space)
-        opts = {k: (given[k] if given[k] is not None else sp.options.get(k, DEFAULTS[k])) for k in DEFAULTS}
-        opts.update(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                    max_concurrent_trials=max_concurrent_trials, verbose=verbose)
-        _check_options(opts)
-        setup = _build_setup(sp, model, dataset, config_file_list, config_dict, cmd_args, quick_start_defaults)
-        if opts["num_samples"] is None:
-            opts["num_samples"] = 1 if opts["search_alg"] == "grid" else 10
-        storage = os.path.abspath(os.path.expanduser(str(storage_path)))
-        name = name or _experiment_name(sp, setup)
-        exp_dir = os.path.join(storage, name)
-        if os.path.exists(os.path.join(exp_dir, SETUP_FILE)):
-            raise ConfigError("tune_name", name, "the name of a new search",
-                              hint=f"{exp_dir} already holds a search; continue it with --tune_resume={exp_dir}")
-        os.makedirs(exp_dir, exist_ok=True)
-        with open(os.path.join(exp_dir, SETUP_FILE), "wb") as f:
-            pickle.dump({"setup": setup, "options": opts}, f)
-    setup["cpus_per_trial"] = opts["cpus_per_trial"]
-    setup["trial_console_logs"] = opts["verbose"] >= 2
-    storage, name = os.path.dirname(exp_dir), os.path.basename(exp_dir)
-    m = setup["metric"]
-    mode = "max" if setup["bigger"] else "min"
-    tune_metric = "best_valid_score"
-
-    started = _init_ray(address, num_cpus, None, ray_temp_dir, opts["verbose"])
+        exp_dir, setup, opts = _new_search(space, opts, model, dataset, config_file_list, config_dict,
+                                           cmd_args, quick_start_defaults)
+    setup = _trial_setup(setup, opts)
+    started = _init_ray(opts.address, opts.num_cpus, None, opts.ray_temp_dir, opts.verbose)
     try:
-        from ray import air, tune
-
-        trainable = _trainable(setup, opts["cpus_per_trial"], opts["gpus_per_trial"])
-        if resume is not None:
-            if not tune.Tuner.can_restore(exp_dir):
-                raise ConfigError("tune_resume", exp_dir, "a search Ray saved state for",
-                                  hint="no experiment state found (it stopped before its first trial started)")
-            tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=retry_errored)
-        else:
-            sp = parse_space(setup["space"], setup["space_source"])
-            grid = opts["search_alg"] == "grid"
-            tuner = tune.Tuner(
-                trainable,
-                # With ASHA the grid runs in a shuffled (seeded) order: ASHA stops a trial only when
-                # it lags behind trials already past the same rung, so a grid listed from worst to
-                # best (small temperatures first, say) would never stop anything.
-                param_space=sp.param_space(grid_as_choice=not grid,
-                                           shuffle_seed=(setup["seed"] or 0) if opts["scheduler"] == "asha" else None),
-                tune_config=tune.TuneConfig(
-                    metric=tune_metric, mode=mode, num_samples=opts["num_samples"],
-                    search_alg=_search_alg(opts, setup["seed"]),
-                    scheduler=_scheduler(opts, setup["max_epochs"]),
-                    max_concurrent_trials=None if opts["search_alg"] in ("grid", "random")
-                    else opts["max_concurrent_trials"],
-                    reuse_actors=False,
-                ),
-                run_config=air.RunConfig(
-                    name=name, storage_path=storage, verbose=min(int(opts["verbose"]), 2) if opts["verbose"] else 0,
-                    failure_config=air.FailureConfig(max_failures=0, fail_fast=False),
-                    checkpoint_config=air.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
-                ),
-            )
+        tuner = (_restored_tuner if opts.resume is not None else _new_tuner)(exp_dir, setup, opts)
         print(f"recbole_dsl tune: {exp_dir}", file=out)
-        try:
-            grid_results = tuner.fit()
-        except Exception as e:  # noqa: BLE001 - re-raised with what to do next
-            chain, c = [], e
-            while c is not None and len(chain) < 10:
-                chain.append(type(c).__name__)
-                c = c.__cause__ or c.__context__
-            why = ("Ray's memory monitor killed a trial (the node ran out of memory), which Ray Tune "
-                   "2.6 cannot treat as one failed trial" if "OutOfMemoryError" in chain else f"{type(e).__name__}: {e}")
-            raise SearchAborted(
-                f"the search stopped: {why}. Ray saves its state as it goes; continue it with "
-                f"python run_recbole_dsl.py --tune_resume={exp_dir}"
-            ) from e
-        expected = opts["num_samples"] * (parse_space(setup["space"]).grid_size() if opts["search_alg"] == "grid" else 1)
-        rows, interrupted = _collect(grid_results, setup, exp_dir, expected)
-        rows = rpt.sort_rows(rows, f"best valid {m}", setup["bigger"])
-        columns = _columns(rows, setup)
-        result = TuneResult(path=exp_dir, rows=rows, columns=columns, metric=m, interrupted=interrupted)
-        result.num_errors = sum(r["status"] == "error" for r in rows)
-        result.epochs_total = int(sum(r.get("epochs") or 0 for r in rows))
-        result.csv_path = os.path.join(exp_dir, "trials.csv")
-        _write_csv(result.csv_path, rows, columns)
-        ok = [r for r in rows if isinstance(r.get(f"best valid {m}"), (int, float))
-              and math.isfinite(r[f"best valid {m}"]) and r["status"] != "error"]
-        x_key = rpt.plot_x_key(setup["searched"], ok)
-        if x_key and ok:
-            series = rpt.series_keys(setup["searched"], ok, x_key)
-            result.plot_path = os.path.join(exp_dir, f"valid_vs_{x_key}.svg")
-            with open(result.plot_path, "w", encoding="utf-8") as f:
-                f.write(rpt.svg_plot(ok, x_key, f"best valid {m}", f"validation {m}", series,
-                                     f"{name}: validation {m} vs {x_key}"))
-        if interrupted:
-            result.resume_command = f"python run_recbole_dsl.py --tune_resume={exp_dir}"
-        elif ok:
-            best_row = ok[0]
-            params = {k: best_row[k] for k in setup["searched"] if k in best_row}
-            best = {"trial_id": best_row["trial_id"], "params": params,
-                    "best_valid_score": best_row[f"best valid {m}"], "best_epoch": best_row["best_epoch"],
-                    "valid": {k.replace("best valid ", ""): v for k, v in best_row.items()
-                              if k.startswith("best valid ")},
-                    "test": None}
-            if test_best:
-                evaluated = _final_test(setup, best_row, exp_dir, opts["cpus_per_trial"], opts["gpus_per_trial"])
-                if evaluated:
-                    best["test"] = evaluated["test"]
-                    best["valid_check"] = evaluated["valid"]
-            result.best = best
-            result.best_config = _best_config(setup, params)
-            result.best_config_path = os.path.join(exp_dir, "best_config.yaml")
-            with open(result.best_config_path, "w", encoding="utf-8") as f:
-                f.write(rpt.best_config_yaml(result.best_config, _header(setup, best, exp_dir)))
+        result = _result(_fit(tuner, exp_dir), setup, opts, exp_dir)
+        scored = _scored_rows(result)
+        _write_csv(result.csv_path, result.rows, result.columns)
+        _write_plot(result, setup, scored)
+        if scored and not result.interrupted:
+            result.best = _best_trial(scored[0], setup, opts, exp_dir)
+            _write_best_config(result, setup)
         result.wall_time_s = time.time() - t0
         result.summary = summarize(result, setup)
         print(result.summary, file=out)
@@ -557,6 +756,7 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
 
 
 def summarize(result: TuneResult, setup) -> str:
+    """The text run_tune prints at the end: the sorted table, counts, failures, files, the choice."""
     m = result.metric
     shown = [c for c in result.columns if c not in ("trial_dir", "device", "threads")
              and any(r.get(c) not in (None, "") for r in result.rows)]

@@ -59,6 +59,8 @@ def _quiet_console(level=logging.WARNING):
 
 
 def trial_config(setup: Mapping[str, Any], params: Mapping[str, Any], gpu_id: str, checkpoint_dir: str):
+    """(model, dataset, config_dict) of one point of the space: the setup's config, the point's
+    values, Ray's device and the trial's own checkpoint folder."""
     model = params.get("model", setup["model"])
     dataset = params.get("dataset", setup["dataset"])
     cfg = dict(setup["config_dict"])
@@ -66,6 +68,16 @@ def trial_config(setup: Mapping[str, Any], params: Mapping[str, Any], gpu_id: st
     cfg["gpu_id"] = gpu_id
     cfg["checkpoint_dir"] = checkpoint_dir
     return model, dataset, _plain(cfg)
+
+
+def _build(setup: Mapping[str, Any], params: Mapping[str, Any], gpu_id: str, checkpoint_dir: str):
+    """quick_start.build for one point of the space, logging to a file of its own. cmd_args=[]:
+    a Ray worker's sys.argv holds Ray's own arguments, never the user's settings."""
+    from recbole_dsl.quick_start import build
+
+    model, dataset, cfg = trial_config(setup, params, gpu_id, checkpoint_dir)
+    _reset_root_logger()
+    return build(model, dataset, None, cfg, cmd_args=[], quick_start_defaults=False)
 
 
 def _plain(obj):
@@ -105,15 +117,11 @@ def _run_trial(params: Dict[str, Any], setup: Dict[str, Any]) -> None:
     import torch
     from ray.air import session
 
-    from recbole_dsl.quick_start import build
-
     cpus = _trial_cpus(setup.get("cpus_per_trial", 1))
     gpu_id = _device_settings(cpus)
     trial_dir = session.get_trial_dir()
-    model, dataset, cfg = trial_config(setup, params, gpu_id, os.path.join(trial_dir, "checkpoints"))
-    _reset_root_logger()
-    config, net, trainer, (train_data, valid_data, _test_data) = build(
-        model, dataset, None, cfg, cmd_args=[], quick_start_defaults=False
+    config, net, trainer, (train_data, valid_data, _test_data) = _build(
+        setup, params, gpu_id, os.path.join(trial_dir, "checkpoints")
     )
     if not setup.get("trial_console_logs", False):
         _quiet_console()
@@ -179,14 +187,10 @@ def _evaluate_best(setup, params, checkpoint, workdir):
     os.makedirs(workdir, exist_ok=True)
     os.chdir(workdir)
     try:
-        from recbole_dsl.quick_start import build
-
         cpus = _trial_cpus(setup.get("cpus_per_trial", 1))
         gpu_id = _device_settings(cpus)
-        model, dataset, cfg = trial_config(setup, params, gpu_id, os.path.join(workdir, "checkpoints"))
-        _reset_root_logger()
-        config, net, trainer, (train_data, valid_data, test_data) = build(
-            model, dataset, None, cfg, cmd_args=[], quick_start_defaults=False
+        config, net, trainer, (train_data, valid_data, test_data) = _build(
+            setup, params, gpu_id, os.path.join(workdir, "checkpoints")
         )
         _quiet_console()
         path = os.path.join(workdir, "best_model.pth")
