@@ -4,6 +4,8 @@ End-to-end tests run on a slice of ml-100k (its first users) with tiny models, a
 Ray down (local Ray via ray.shutdown; the two-node cluster by the ids of the processes it started).
 """
 import csv
+import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -16,16 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.tune import load_space, run_tune
+from recbole_dsl.tune import TuneOptions, load_space, run_tune
 from recbole_dsl.tune import report as rpt
 from recbole_dsl.tune.runner import _build_setup
 from recbole_dsl.tune.space import SAMPLERS, parse_space
 
+ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, str(ROOT / "run_recbole_dsl.py")]
 SPACES = sorted((ROOT / "properties" / "tune").glob("*.yaml"))
-SLICE_USERS = 150
 
 # Small, fast trials: the slice dataset, 16-dim MF, 16 negatives.
 TRIAL = {
@@ -60,30 +61,44 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def slice_data(tmp_path_factory):
-    """The first SLICE_USERS users of ml-100k as an atomic dataset `ml-slice`; returns data_path."""
-    import recbole
-
-    src = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
-    root = tmp_path_factory.mktemp("data")
-    (root / "ml-slice").mkdir()
-    with open(src, encoding="utf-8") as f, open(root / "ml-slice" / "ml-slice.inter", "w", encoding="utf-8") as g:
-        g.write(f.readline())
-        for line in f:
-            if int(line.split("\t", 1)[0]) <= SLICE_USERS:
-                g.write(line)
-    return root
+def _processes_of(folder):
+    """Live processes of the Ray sessions kept in `folder`: Ray's own processes name it on their
+    command line, its workers (renamed ray::...) write their output there."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes()
+            outputs = [os.readlink(d / "fd" / fd) for fd in ("1", "2") if (d / "fd" / fd).exists()]
+        except OSError:
+            continue
+        if folder.encode() in cmdline or any(o.startswith(folder + os.sep) for o in outputs):
+            pids.append(int(d.name))
+    return pids
 
 
 @pytest.fixture
 def ray_tmp():
-    """A short per-test Ray session folder (Unix socket paths must stay short)."""
-    d = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    yield d
+    """A short per-test Ray session folder (Unix socket paths must stay short). Every Ray process
+    the test starts belongs to a session in it, so none may outlive the test: the ones still
+    there after a grace period are killed (by id) and fail the test."""
     import shutil
 
+    d = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    yield d
+    deadline = time.time() + 30
+    while _processes_of(d) and time.time() < deadline:
+        time.sleep(0.2)
+    left = _processes_of(d)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     shutil.rmtree(d, ignore_errors=True)
+    if left:
+        pytest.fail(f"the test left Ray processes running: {left}")
 
 
 @pytest.fixture
@@ -168,6 +183,56 @@ def test_key_on_command_line_and_in_space_is_refused(tmp_path, no_ray_left):
     with pytest.raises(ConfigError, match="loss_tau.*command line"):
         run_tune({"loss_tau": {"grid_search": [0.1, 0.2]}}, cmd_args=["--loss_tau=0.5", "--gpu_id="],
                  storage_path=tmp_path)
+
+
+def test_run_tune_keywords_are_the_options_fields():
+    """run_tune's search keywords and TuneOptions' fields are the same names with the same defaults."""
+    params = inspect.signature(run_tune).parameters
+    keywords = {n: p.default for n, p in params.items()
+                if p.kind is p.KEYWORD_ONLY and n not in ("quick_start_defaults", "out", "options")}
+    assert keywords == {f.name: f.default for f in dataclasses.fields(TuneOptions)}
+
+
+@pytest.mark.parametrize("options,key,allowed", [
+    (dict(search_alg="bayes"), "search_alg='bayes'", "optuna"),
+    (dict(num_samples=0), "num_samples=0", ">= 1"),
+    (dict(cpus_per_trial=0), "cpus_per_trial=0", "> 0"),
+    (dict(reduction_factor=1), "reduction_factor=1", "> 1"),
+    (dict(max_concurrent_trials=1.5), "max_concurrent_trials=1.5", "integer"),
+    (dict(num_cpus=0), "num_cpus=0", ">= 1"),
+    (dict(verbose=-1), "verbose=-1", ">= 0"),
+])
+def test_bad_option_is_refused_when_the_options_are_built(options, key, allowed):
+    with pytest.raises(ConfigError) as e:
+        TuneOptions(**options)
+    assert key in str(e.value) and allowed in str(e.value), str(e.value)
+
+
+def test_options_settle_from_call_then_space_then_defaults():
+    opts = TuneOptions(scheduler="asha").for_space({"search_alg": "random", "scheduler": "fifo", "grace_period": None})
+    assert (opts.search_alg, opts.scheduler, opts.grace_period, opts.reduction_factor) == ("random", "asha", 5, 2)
+    assert opts.num_samples == 10  # not a grid: 10 samples unless given
+    assert TuneOptions().for_space({}).num_samples == 1  # the grid once
+    with pytest.raises(ConfigError, match="search_alg='bayes'"):  # the space's values are checked too
+        TuneOptions().for_space({"search_alg": "bayes"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.search_alg = "grid"
+
+
+def test_run_tune_takes_an_options_object(tmp_path, no_ray_left):
+    space = {"loss_tau": {"grid_search": [0.1, -1]}}
+    with pytest.raises(ConfigError, match="loss_tau=-1"):
+        run_tune(space, config_dict={"gpu_id": ""}, options=TuneOptions(storage_path=tmp_path / "res"))
+    with pytest.raises(TypeError, match="not both"):
+        run_tune(space, config_dict={"gpu_id": ""}, search_alg="random", options=TuneOptions())
+    assert not (tmp_path / "res").exists()
+
+
+def test_resume_keeps_the_saved_options_but_this_calls_verbosity():
+    saved = TuneOptions(search_alg="random", cpus_per_trial=2, verbose=0).for_space({}).to_saved()
+    opts = TuneOptions(search_alg="grid", verbose=2, num_cpus=4).resumed(saved)
+    assert (opts.search_alg, opts.num_samples, opts.cpus_per_trial) == ("random", 10, 2)
+    assert (opts.verbose, opts.num_cpus) == (2, 4)
 
 
 def test_cli_bad_space_exits_2_before_any_trial(tmp_path):
@@ -263,15 +328,42 @@ def test_trial_takes_ray_gpus_and_cpus_not_recboles_defaults(monkeypatch):
     assert cfg == {"rec_loss": "SL", "gpu_id": "", "loss_tau": 0.3, "checkpoint_dir": "/x/checkpoints"}
 
 
-def test_trial_config_does_not_read_the_workers_argv(monkeypatch):
-    from recbole_dsl import Config
-    from recbole_dsl.tune.trial import trial_config
+class _ConfigBuilt(Exception):
+    """Raised in place of RecBole's data preparation: the trial's Config exists, the test has it."""
 
-    monkeypatch.setattr(sys, "argv", ["default_worker.py", "--loss_tau=9", "--node-ip-address=127.0.0.1"])
-    setup = {"model": "BPR", "dataset": "ml-100k", "config_dict": {"rec_loss": "SL"}}
-    model, dataset, cfg = trial_config(setup, {"loss_tau": 0.3}, "", "/tmp/x")
-    config = Config(model, dataset, config_dict=cfg, cmd_args=[])
+
+@pytest.mark.parametrize("entry", ["recbole_trial", "evaluate_best"])
+def test_trial_config_does_not_read_the_workers_argv(entry, monkeypatch, tmp_path):
+    """What Ray runs in a worker (the trial, the final test) builds its Config through
+    quick_start.build; the worker's sys.argv (Ray's arguments, here also a loss_tau) must not
+    reach it, so the point's loss_tau=0.3 is the one the trial trains with."""
+    import ray
+    import torch
+    from ray.air import session
+
+    import recbole_dsl.quick_start as quick_start
+    from recbole_dsl.tune.trial import evaluate_best, recbole_trial
+
+    built = {}
+
+    def stop_after_config(config):
+        built["config"] = config
+        raise _ConfigBuilt
+
+    monkeypatch.setattr(quick_start, "prepare", stop_after_config)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(session, "get_trial_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["default_worker.py", "--node-ip-address=127.0.0.1", "--loss_tau=9"])
+    setup = {"model": "BPR", "dataset": "ml-100k", "config_dict": {"rec_loss": "SL", "gpu_id": ""},
+             "cpus_per_trial": torch.get_num_threads()}
+    with pytest.raises(_ConfigBuilt):
+        if entry == "recbole_trial":
+            recbole_trial({"loss_tau": 0.3}, setup)
+        else:
+            evaluate_best(setup, {"loss_tau": 0.3}, b"", str(tmp_path / "best_test"))
+    config = built["config"]
     assert config["loss_tau"] == 0.3
+    assert config.cmd_config_dict == {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,11 +407,11 @@ def test_table_sorts_failed_trials_last():
 
 
 @pytest.mark.slow
-def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_data, tmp_path, ray_tmp):
+def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_root, tmp_path, ray_tmp):
     space = tmp_path / "sl.yaml"
     space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.05, 0.2, 0.5]}\n")
     res = tmp_path / "res"
-    r = run_cli(f"--tune={space}", *cli_args(slice_data), f"--tune_dir={res}", "--tune_name=grid",
+    r = run_cli(f"--tune={space}", *cli_args(slice_root), f"--tune_dir={res}", "--tune_name=grid",
                 "--tune_cpus=1", "--tune_max_concurrent=2", "--tune_verbose=1", env={"RAY_TMPDIR": ray_tmp})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = res / "grid"
@@ -356,11 +448,11 @@ def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_data, tmp_
 
 
 @pytest.mark.slow
-def test_asha_stops_trials_early(slice_data, tmp_path, ray_tmp, no_ray_left):
+def test_asha_stops_trials_early(slice_root, tmp_path, ray_tmp, no_ray_left):
     # One trial at a time; ASHA runs the grid in a seeded shuffled order (here 0.2, 0.001, 0.002), and
     # must stop the temperatures that lag behind 0.2 at its rungs.
     space = {"rec_loss": "SL", "loss_tau": {"grid_search": [0.2, 0.002, 0.001]}}
-    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_data), epochs=4),
+    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_root), epochs=4),
                       scheduler="asha", grace_period=1, reduction_factor=2, max_concurrent_trials=1,
                       storage_path=tmp_path, name="asha", num_cpus=2, ray_temp_dir=ray_tmp, verbose=0,
                       test_best=False)
@@ -374,11 +466,11 @@ def test_asha_stops_trials_early(slice_data, tmp_path, ray_tmp, no_ray_left):
 
 
 @pytest.mark.slow
-def test_failing_trial_is_reported_and_the_search_goes_on(slice_data, tmp_path, ray_tmp, no_ray_left):
+def test_failing_trial_is_reported_and_the_search_goes_on(slice_root, tmp_path, ray_tmp, no_ray_left):
     # neg_num=5000 passes the up-front checks (>= 1) but the slice has ~1400 items: the sampler
     # refuses it once the dataset is loaded, inside the trial.
     space = {"rec_loss": "SL", "loss_tau": 0.2, "neg_num": {"grid_search": [16, 5000]}}
-    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_data), epochs=1),
+    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_root), epochs=1),
                       storage_path=tmp_path, name="fail", num_cpus=2, ray_temp_dir=ray_tmp, verbose=0)
     assert result.num_errors == 1
     bad = next(r for r in result.rows if r["neg_num"] == 5000)
@@ -391,9 +483,9 @@ def test_failing_trial_is_reported_and_the_search_goes_on(slice_data, tmp_path, 
 
 
 @pytest.mark.slow
-def test_optuna_search_through_ray_tune(slice_data, tmp_path, ray_tmp, no_ray_left):
+def test_optuna_search_through_ray_tune(slice_root, tmp_path, ray_tmp, no_ray_left):
     space = {"rec_loss": "SL", "loss_tau": {"loguniform": [0.02, 0.5]}, "neg_num": {"grid_search": [16, 32]}}
-    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_data), epochs=1),
+    result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_root), epochs=1),
                       search_alg="optuna", num_samples=2, storage_path=tmp_path, name="optuna", num_cpus=2,
                       ray_temp_dir=ray_tmp, verbose=0, test_best=False)
     assert len(result.rows) == 2 and result.num_errors == 0, result.summary
@@ -413,13 +505,13 @@ def _done_trials(exp: Path):
 
 
 @pytest.mark.slow
-def test_interrupted_search_resumes_without_redoing_finished_trials(slice_data, tmp_path, ray_tmp):
+def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, tmp_path, ray_tmp):
     space = tmp_path / "sl.yaml"
     space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, 0.2, 0.4]}\n")
     res = tmp_path / "res"
     exp = res / "resume"
     env = dict(os.environ, PYTHONPATH=str(ROOT), RAY_TMPDIR=ray_tmp)
-    p = subprocess.Popen(CLI + [f"--tune={space}", *cli_args(slice_data), f"--tune_dir={res}", "--tune_name=resume",
+    p = subprocess.Popen(CLI + [f"--tune={space}", *cli_args(slice_root), f"--tune_dir={res}", "--tune_name=resume",
                                 "--tune_max_concurrent=1", "--tune_verbose=0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
     try:
@@ -504,7 +596,7 @@ def _stop_session(sid, grace=10):
 
 
 @pytest.mark.slow
-def test_search_on_a_two_node_ray_cluster(slice_data, tmp_path, ray_tmp):
+def test_search_on_a_two_node_ray_cluster(slice_root, tmp_path, ray_tmp):
     """A Ray head and a second Ray node on this machine, 1 CPU each; the search joins with the
     address option and its trials run on both nodes. Both nodes are shut down by the ids of the
     processes they started (not `ray stop`, which would stop every Ray on the machine)."""
@@ -525,7 +617,7 @@ def test_search_on_a_two_node_ray_cluster(slice_data, tmp_path, ray_tmp):
         space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, 0.2]}\n")
         res = tmp_path / "res"
         # two 1-CPU trials on two 1-CPU nodes start together: one lands on each node
-        r = run_cli(f"--tune={space}", *cli_args(slice_data, epochs=1), f"--tune_dir={res}", "--tune_name=cluster",
+        r = run_cli(f"--tune={space}", *cli_args(slice_root, epochs=1), f"--tune_dir={res}", "--tune_name=cluster",
                     f"--tune_address=127.0.0.1:{port}", "--tune_verbose=0", "--tune_no_test",
                     env={"RAY_TMPDIR": ray_tmp})
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
