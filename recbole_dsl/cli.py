@@ -111,7 +111,7 @@ def parse(argv):
     p.add_argument("--dataset", "-d", default=None,
                    help="dataset name (default: the config files' `dataset`, else the bundled ml-100k)")
     p.add_argument("--config_files", default=None, help="space-separated YAML files, later ones win")
-    g = p.add_argument_group("search with Ray Tune (README.md, section Tuning)")
+    g = p.add_argument_group("search with Ray Tune (docs/tuning.md)")
     for option in TUNE_OPTIONS:
         option.add_to(g)
     args, rest = p.parse_known_args(argv)

@@ -1,6 +1,7 @@
 """Shared test settings and small helpers (imported by test modules; fixtures live in conftest.py)."""
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +58,23 @@ def write_slice(folder: Path, n_users: int = 100, per_user: int = 50) -> Path:
         f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
         df.to_csv(f, sep="\t", header=False, index=False)
     return folder
+
+
+def scores(B=5, N=7, dtype=torch.float64, seed=0, grad=False):
+    """Random cosine-like scores: pos [B] and neg [B, N] in [-1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    pos = (torch.rand(B, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    neg = (torch.rand(B, N, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    if grad:
+        pos.requires_grad_(True)
+        neg.requires_grad_(True)
+    return pos, neg
+
+
+def variable_mask(B, N, seed=1):
+    """At least one valid negative per row, different counts per row."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, N, generator=g) < 0.6
+    mask[torch.arange(B), torch.randint(0, N, (B,), generator=g)] = True
+    assert len(set(mask.sum(1).tolist())) > 1
+    return mask

@@ -67,7 +67,7 @@ def test_tune_options_are_listed_once_in_the_help(capsys):
     assert len(set(flags)) == len(flags)
     for flag in flags:  # one line of the options list starts with each flag
         assert sum(line.split()[:1] == [flag] for line in lines) == 1, flag
-    group = lines.index("search with Ray Tune (README.md, section Tuning):")
+    group = lines.index("search with Ray Tune (docs/tuning.md):")
     assert all(any(line.split()[:1] == [f] for line in lines[group:]) for f in flags)
 
 

@@ -12,6 +12,8 @@ import torch
 
 from recbole_dsl.losses import LOSSES, LossContext
 
+from helpers import variable_mask
+
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -45,15 +47,6 @@ def ctx_of(loss, user=None, affinity=None, log_q=None, mask=None):
     """The context a loss gets; ``affinity`` (any [B, N] block) only where the loss asks for one."""
     wanted = loss.needs.affinity_alpha is not None
     return LossContext(user=user, neg_log_q=log_q, neg_mask=mask, neg_affinity=affinity if wanted else None)
-
-
-def variable_mask(B, N, seed=1):
-    """At least one valid negative per row, different counts per row."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(B, N, generator=g) < 0.6
-    mask[torch.arange(B), torch.randint(0, N, (B,), generator=g)] = True
-    assert len(set(mask.sum(1).tolist())) > 1
-    return mask
 
 
 def constant_mask(B, N, m=3, seed=2):

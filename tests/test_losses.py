@@ -18,21 +18,13 @@ from recbole_dsl.losses.bsl import bsl_loss
 from recbole_dsl.losses.psl import ACTIVATIONS, psl_loss
 from recbole_dsl.losses.sl import sl_loss
 
+from helpers import scores
+
 NAMES = LOSSES.names()
 PROPS = Path(__file__).resolve().parents[1] / "properties" / "loss"
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 PSL_ACTS = ["tanh", "atan", "relu"]
-
-
-def scores(B=5, N=7, dtype=torch.float64, seed=0, grad=False):
-    g = torch.Generator().manual_seed(seed)
-    pos = (torch.rand(B, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
-    neg = (torch.rand(B, N, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
-    if grad:
-        pos.requires_grad_(True)
-        neg.requires_grad_(True)
-    return pos, neg
 
 
 def config(name):

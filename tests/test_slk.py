@@ -12,6 +12,13 @@ from recbole_dsl.losses.base import LOSSES, LossContext
 from recbole_dsl.losses.sl import sl_loss
 from recbole_dsl.losses.slk import QUANTILES, SLKLoss, slk_loss, slk_quantile, slk_weight
 
+import helpers
+from helpers import variable_mask
+
+
+def scores(**kw):
+    return helpers.scores(**{"B": 6, "N": 9, **kw})
+
 YAML = Path(__file__).resolve().parents[1] / "properties" / "loss" / "SLK.yaml"
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -23,25 +30,6 @@ def ctx_with(n_items=None, **kw):
     ctx = LossContext(**kw)
     object.__setattr__(ctx, "n_items", n_items)
     return ctx
-
-
-def scores(B=6, N=9, dtype=torch.float64, seed=0, grad=False):
-    g = torch.Generator().manual_seed(seed)
-    pos = (torch.rand(B, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
-    neg = (torch.rand(B, N, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
-    if grad:
-        pos.requires_grad_(True)
-        neg.requires_grad_(True)
-    return pos, neg
-
-
-def variable_mask(B, N, seed=1):
-    """At least one valid negative per row, different counts per row."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.rand(B, N, generator=g) < 0.6
-    mask[torch.arange(B), torch.randint(0, N, (B,), generator=g)] = True
-    assert len(set(mask.sum(1).tolist())) > 1
-    return mask
 
 
 # --- slow, obviously-correct reference (Python floats, float64) -------------------------------

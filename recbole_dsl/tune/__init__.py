@@ -1,4 +1,4 @@
-"""Temperature and hyperparameter search on Ray Tune (see README.md, section Tuning).
+"""Temperature and hyperparameter search on Ray Tune (see docs/tuning.md).
 
     from recbole_dsl.tune import run_tune
     result = run_tune("properties/tune/SL.yaml", model="BPR", dataset="ml-100k")

@@ -711,7 +711,7 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
              retry_errored: bool = False, verbose: int = 1, num_cpus: Optional[int] = None,
              ray_temp_dir: Optional[str] = None, test_best: bool = True,
              quick_start_defaults: bool = True, out=None, options: Optional[TuneOptions] = None) -> TuneResult:
-    """Search `space` with Ray Tune; see README.md, section Tuning.
+    """Search `space` with Ray Tune; see docs/tuning.md.
 
     space: a YAML file, a dict in the same format, or a SearchSpace. model/dataset/config_file_list/
     config_dict/cmd_args: as for run_recbole_dsl (the space's values win over files and dict; a key
