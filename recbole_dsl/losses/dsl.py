@@ -352,8 +352,6 @@ class DSLLoss(RecLoss):
         return kw
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        if self.eff_gamma != 0 and ctx.neg_mask is None and self.slate_size is not None:
-            self.check(self._kwargs(), neg.shape[1])
         alpha = self.needs.affinity_alpha
         if alpha is not None and ctx.neg_affinity is None:
             raise ValueError(
@@ -370,9 +368,6 @@ class DSLLoss(RecLoss):
         self._last_log_w = log_w  # (u, o), both already detached
         self._last_masked = ctx.neg_mask is not None
         return loss
-
-    def _kwargs(self):
-        return {arg: getattr(self, arg) for arg in self.params}
 
     def diagnostics(self) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
