@@ -118,5 +118,5 @@ class Config(RecBoleConfig):
         """Every plugin key checked (ConfigError on a bad value, before anything is built)."""
         settings = PluginSettings.from_config(self)
         if settings.rec is not None:
-            ADAPTERS.get(self["model"]).check_config(self)
+            ADAPTERS.get(self["model"]).check_run(self, settings.rec)
         self.plugin_settings = settings

@@ -40,7 +40,7 @@ class RecLossRecommender(GeneralRecommender):
         if rec is not None:
             # Settings of the model the loss swap cannot apply to fail before it is built (again
             # here for Configs that did not come through the plugin's Config).
-            ADAPTERS.get(config["model"]).check_config(config)
+            ADAPTERS.get(config["model"]).check_run(config, rec)
         with graph_compat(type(self)):
             super().__init__(config, dataset)
         self.last_diagnostics: Dict[str, float] = {}
@@ -70,10 +70,13 @@ class RecLossRecommender(GeneralRecommender):
         rows = adapter.rows(interaction)  # (user, positive) rows; user batches expand here
         negs = self.neg_sampler.sample(rows.user, rows.pos_item)
         out = adapter.forward(rows, negs.items, **kwargs)  # one forward pass of the model
-        scores = adapter.scores(out, rows, negs.items, loss_fn.needs)
-        ctx = LossContext(user=rows.groups, neg_log_q=negs.log_q, neg_mask=negs.mask,
-                          neg_affinity=scores.affinity, n_items=self.n_items - 1)
-        loss = loss_fn(scores.pos, scores.neg, ctx)
+        if negs.excluded is not None:  # `all`: the exact softmax over every other item, in blocks
+            loss = adapter.all_items_loss(out, rows, negs, loss_fn)
+        else:
+            scores = adapter.scores(out, rows, negs.items, loss_fn.needs)
+            ctx = LossContext(user=rows.groups, neg_log_q=negs.log_q, neg_mask=negs.mask,
+                              neg_affinity=scores.affinity, n_items=self.n_items - 1)
+            loss = loss_fn(scores.pos, scores.neg, ctx)
         scale = adapter.rec_scale(rows)  # the model's own reduction (mean, sum, per user)
         if scale != 1.0:
             loss = loss * scale

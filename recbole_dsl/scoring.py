@@ -14,6 +14,7 @@ samplers pass them as an expanded [B, N] view of one [N] set, row stride 0) are 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,7 +36,7 @@ SCORE_PATHS = ("auto", "full", "gather")
 # so the matrix product over the whole catalogue wins far past n_items == N. Re-measured with
 # backward (BENCHMARKS.md, "Samplers and score paths"): break-even at n_items / N of about 64 (20k items) to
 # 80 (100k items) on a 2-core Xeon.
-FULL_PATH_RATIO = 64.0
+FULL_PATH_RATIO = 10.0
 
 
 def pair_logit_scores(logits: Tensor, pair_score_fn: str) -> Tensor:
@@ -53,9 +54,19 @@ def choose_score_path(path: str, n_items: int, num_neg: int) -> str:
     return "full" if n_items <= FULL_PATH_RATIO * num_neg else "gather"
 
 
+# Largest [rows, n_items] block the full path computes at once (floats): 2^24 is 64 MB in float32.
+# A larger batch is scored in row blocks, so memory stays bounded whatever the catalogue.
+FULL_BLOCK_CELLS = 1 << 24
+
+
+def _row_blocks(n_rows: int, n_items: int):
+    step = max(1, FULL_BLOCK_CELLS // max(1, n_items))
+    return [(s, min(n_rows, s + step)) for s in range(0, n_rows, step)]
+
+
 class _GatherAllScores(torch.autograd.Function):
     """``(u @ items.T).gather(1, idx)`` with the [B, n_items] product and its gradient in reused
-    buffers.
+    buffers, in blocks of rows of at most FULL_BLOCK_CELLS cells.
 
     Autograd would allocate a fresh [B, n_items] block for the product forward and another for
     the scattered gradient backward, every batch. On CPU a fresh block of that size comes from
@@ -66,31 +77,134 @@ class _GatherAllScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
-        full = workspace(u.device, u.dtype).get("full", (u.shape[0], items.shape[0]))
-        torch.mm(u, items.t(), out=full)
         ctx.save_for_backward(u, items, idx)
-        return full.gather(1, idx)
+        return _gather_all(u, items, idx)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         u, items, idx = ctx.saved_tensors
-        g = workspace(grad.device, grad.dtype).get("full", (u.shape[0], items.shape[0]))
-        g.zero_().scatter_add_(1, idx, grad)
-        grad_u = g @ items if ctx.needs_input_grad[0] else None
-        grad_items = g.t() @ u if ctx.needs_input_grad[1] else None
+        ws = workspace(grad.device, grad.dtype)
+        grad_u = torch.empty_like(u) if ctx.needs_input_grad[0] else None
+        grad_items = torch.zeros_like(items) if ctx.needs_input_grad[1] else None
+        for s, e in _row_blocks(u.shape[0], items.shape[0]):
+            g = ws.get("full", (e - s, items.shape[0]))
+            g.zero_().scatter_add_(1, idx[s:e], grad[s:e])
+            if grad_u is not None:
+                torch.mm(g, items, out=grad_u[s:e])
+            if grad_items is not None:
+                grad_items.addmm_(g.t(), u[s:e])
         return grad_u, grad_items, None
 
 
+def _gather_all(u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
+    ws = workspace(u.device, u.dtype)
+    blocks = _row_blocks(u.shape[0], items.shape[0])
+    if len(blocks) == 1:
+        return torch.mm(u, items.t(), out=ws.get("full", (u.shape[0], items.shape[0]))).gather(1, idx)
+    out = u.new_empty(idx.shape)
+    for s, e in blocks:
+        full = torch.mm(u[s:e], items.t(), out=ws.get("full", (e - s, items.shape[0])))
+        torch.gather(full, 1, idx[s:e], out=out[s:e])
+    return out
+
+
 def gather_all_scores(u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
-    """[B, N] scores ``u[b] . items[idx[b, j]]`` through one product with the whole table."""
+    """[B, N] scores ``u[b] . items[idx[b, j]]`` through products with the whole table."""
     if torch.is_grad_enabled() and (u.requires_grad or items.requires_grad):
         return _GatherAllScores.apply(u, items, idx)
-    full = workspace(u.device, u.dtype).get("full", (u.shape[0], items.shape[0]))
-    return torch.mm(u, items.t(), out=full).gather(1, idx)
+    return _gather_all(u, items, idx)
 
 
-def _prep(x: Tensor, score_fn: str) -> Tensor:
-    return F.normalize(x, dim=-1) if score_fn == "cosine" else x
+class _SampledScores(torch.autograd.Function):
+    """``(u[b] . items[idx[b, j]])`` [B, N] without the [B, N, d] block of gathered rows.
+
+    Gathering the negatives' rows (``items[idx]``) and reducing them with a batched product moves
+    B * N * d floats through memory three times per batch (gather, its gradient, the scatter into
+    the table): 2048 x 256 x 64 floats are 134 MB, about 0.36 s per step at Gowalla size on two
+    cores. The same products as sparse-pattern kernels read each item row once per use and write
+    only [B, N] (forward: a sampled dense-dense product; backward: two weighted bag sums, one over
+    each row's negatives, one over each item's occurrences), about 25 ms (BENCHMARKS.md, Scale).
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
+        b, n = idx.shape
+        flat = idx.reshape(-1)
+        crow = torch.arange(0, b * n + 1, n, device=idx.device)
+        with warnings.catch_warnings():
+            # torch warns (once per process) that sparse CSR tensors are in beta; only their sampled
+            # product is used here, and tests/test_scoring.py checks it against the dense one.
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            pattern = torch.sparse_csr_tensor(crow, flat, torch.zeros(flat.shape, dtype=u.dtype, device=u.device),
+                                              (b, items.shape[0]), check_invariants=False)
+        out = torch.sparse.sampled_addmm(pattern, u, items.t(), beta=0.0).values().view(b, n)
+        ctx.save_for_backward(u, items, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, items, idx = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_u = grad_items = None
+        if ctx.needs_input_grad[0]:  # grad_u[b] = sum_j grad[b, j] * items[idx[b, j]]
+            grad_u = F.embedding_bag(idx, items, per_sample_weights=grad, mode="sum")
+        if ctx.needs_input_grad[1]:  # grad_items[i] = sum over (b, j) with idx[b, j] == i of grad[b, j] * u[b]
+            flat = idx.reshape(-1)
+            # int32 keys sort in about half the time of int64 ones (radix passes).
+            order = torch.argsort(flat.int() if items.shape[0] < 2**31 else flat)
+            starts = torch.zeros(items.shape[0], dtype=torch.long, device=idx.device)
+            torch.cumsum(torch.bincount(flat, minlength=items.shape[0])[:-1], 0, out=starts[1:])
+            grad_items = F.embedding_bag(order // idx.shape[1], u, starts, per_sample_weights=grad.view(-1)[order],
+                                         mode="sum")
+        return grad_u, grad_items, None
+
+
+def sampled_scores(u: Tensor, items: Tensor, idx: Tensor) -> Tensor:
+    """[B, N] scores ``u[b] . items[idx[b, j]]`` by sparse-pattern products (no [B, N, d] block)."""
+    if idx.numel() == 0:
+        return u.new_zeros(idx.shape)
+    if idx.shape[1] > items.shape[0]:
+        # torch's sampled product refuses rows with more entries than columns; the product with
+        # the whole (small) table is the cheaper path there anyway.
+        return gather_all_scores(u, items, idx)
+    return _SampledScores.apply(u.contiguous(), items.contiguous(), idx.contiguous())
+
+
+class _Normalize(torch.autograd.Function):
+    """``F.normalize(x, dim=-1)`` with a backward of three passes over x instead of autograd's
+    eight: the cosine score path normalises the whole item table every batch, and at Gowalla size
+    (41k x 64) the eight elementwise passes of the composed backward cost about as much as the
+    sampled products themselves."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-12)
+        y = x / norm
+        ctx.save_for_backward(y, norm)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        y, norm = ctx.saved_tensors
+        # d(x / |x|) = (g - y (g . y)) / |x|. Rows whose norm was clamped (|x| < 1e-12) get about
+        # g / 1e-12, as through autograd's F.normalize.
+        dot = (grad * y).sum(-1, keepdim=True)
+        return torch.addcmul(grad, y, dot, value=-1).div_(norm)
+
+
+def normalize(x: Tensor) -> Tensor:
+    """L2-normalised rows of x (``F.normalize(x, dim=-1)``) with a cheaper backward."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Normalize.apply(x)
+    return F.normalize(x, dim=-1)
+
+
+def prepare(x: Tensor, score_fn: str) -> Tensor:
+    """Representations as the score function takes them: L2-normalised rows for cosine."""
+    return normalize(x) if score_fn == "cosine" else x
+
+
+_prep = prepare
 
 
 def mix_affinity(item_sim: Optional[Tensor], neg: Tensor, alpha: Optional[float]) -> Optional[Tensor]:
@@ -134,7 +248,7 @@ def batch_scores(
     items = _prep(item_table, score_fn)
     with_item_sim = affinity_alpha is not None
     item_sim, mixed = None, False
-    if with_item_sim and (is_shared(neg_item) or path == "full"):
+    if with_item_sim:
         with torch.no_grad():
             items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
             q = items_c[pos_item]
@@ -160,15 +274,11 @@ def batch_scores(
             with torch.no_grad():
                 item_sim = gather_all_scores(q, items_c, neg_item)
     elif path == "gather":
-        pos_e = items[pos_item]  # [B, d]
-        neg_e = items[neg_item]  # [B, N, d]: B * N * d floats, hence "full" for large N
-        pos = (u * pos_e).sum(-1)
-        neg = torch.bmm(neg_e, u.unsqueeze(2)).squeeze(2)
+        pos = (u * items[pos_item]).sum(-1)
+        neg = sampled_scores(u, items, neg_item)
         if with_item_sim:
             with torch.no_grad():
-                pc = F.normalize(pos_e.detach(), dim=-1)
-                nc = F.normalize(neg_e.detach(), dim=-1)
-                item_sim = torch.bmm(nc, pc.unsqueeze(2)).squeeze(2)
+                item_sim = sampled_scores(q, items_c, neg_item)
     else:
         raise ConfigError("score_path", path, f"one of {list(SCORE_PATHS)}")
     if not mixed:

@@ -78,6 +78,11 @@ class RecLossSettings:
                               "a per-row sampler (uniform or popularity) when fn_noise_p > 0",
                               hint="false-negative noise replaces negatives row by row; in_batch and shared "
                                    "negatives cannot be")
+        if sampler_cls.exhaustive and not loss_cls.supports_all:
+            served = [n for n, c in LOSSES.items() if c.supports_all]
+            raise ConfigError("rec_loss", cfg["rec_loss"], f"one of {served} with neg_sampler: {cfg['neg_sampler']}",
+                              hint="the exact softmax over every item is defined for the softmax-family losses; "
+                                   "train the others with a sampled negative sampler")
         loss_kwargs = loss_cls.check({arg: cfg[key] for arg, key in loss_cls.params.items()}, neg_num)
         return cls(loss_cls.name, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k,
                    _switch(cfg, "cpu_malloc_tuning"), _switch(cfg, "cpu_flush_denormal"), pair_score_fn,

@@ -63,6 +63,10 @@ BAD = [
     (dict(rec_loss="SL", exclude_positives="yes"), r"exclude_positives='yes'"),
     (dict(rec_loss="SL", cpu_malloc_tuning="on"), r"cpu_malloc_tuning='on'.*True or False"),
     (dict(rec_loss="SL", cpu_flush_denormal=1), r"cpu_flush_denormal=1 .*True or False"),
+    (dict(rec_loss="BPR", neg_sampler="all"), r"rec_loss='BPR'.*one of \['BSL', 'DSL', 'PSL', 'SL'\] with neg_sampler: all"),
+    (dict(rec_loss="SL", neg_sampler="all", all_block_size=0), r"all_block_size=0 .*>= 1"),
+    (dict(rec_loss="SL", neg_sampler="all", all_block_size=2.5), r"all_block_size=2.5"),
+    (dict(rec_loss="SL", neg_sampler="all", fn_pool_ratio=0.1, fn_noise_p=0.5), r"neg_sampler='all'.*per-row sampler"),
 ]
 
 

@@ -67,6 +67,17 @@ def test_every_loss_trains_every_model(loss, model, ml100k, tmp_path):
     assert result["recall@20"] > 0.03, result
 
 
+@pytest.mark.parametrize("loss", [n for n, c in LOSSES.items() if c.supports_all])
+def test_exact_softmax_trains_mf_with_every_loss_it_serves(loss, ml100k, tmp_path):
+    # neg_sampler all on the whole ml-100k catalogue, in blocks smaller than it (1,682 items).
+    train, valid, test = ml100k
+    torch.manual_seed(0)
+    config, net, trainer = make("BPR", loss, tmp_path, epochs=2, neg_sampler="all", all_block_size=1000)
+    best_score, best_valid = trainer.fit(train, valid, saved=False)
+    assert_sane(best_valid)
+    assert best_valid["recall@20"] > 0.03, best_valid
+
+
 @pytest.mark.parametrize("model", E2E_MODELS)
 def test_checkpoint_is_reloaded_for_test(model, ml100k, tmp_path):
     train, valid, test = ml100k

@@ -155,6 +155,30 @@ def test_model_trains_with_loss(model, loss, slice_data, tmp_path, monkeypatch):
     assert_metrics(trainer.evaluate(test, load_best_model=True))
 
 
+ALL_ITEMS_MODELS = [m for m in SUPPORTED if ADAPTERS.get(m).supports_all_items]
+
+
+@pytest.mark.parametrize("model", ALL_ITEMS_MODELS)
+def test_model_trains_with_the_exact_softmax(model, slice_data, tmp_path):
+    # neg_sampler all: SL over every other item, with the model's own auxiliary terms kept.
+    torch.set_num_threads(1)
+    config, net, trainer, (train, valid, test) = make(model, "SL", slice_data, tmp_path, neg_sampler="all",
+                                                      all_block_size=97)
+    if model == "NCL":  # NCLTrainer.fit runs the E-step before the first epoch
+        net.e_step()
+    parts = [trainer._train_epoch(train, e) for e in range(2)]
+    parts = [p if isinstance(p, tuple) else (p,) for p in parts]
+    assert all(len(p) == 1 + len(EXPECTED_AUX[model]) and all(math.isfinite(x) for x in p) for p in parts), parts
+    assert parts[1][0] < parts[0][0], parts
+    assert_metrics(trainer.evaluate(valid, load_best_model=False))
+
+
+@pytest.mark.parametrize("model", [m for m in SUPPORTED if m not in ALL_ITEMS_MODELS])
+def test_exact_softmax_is_refused_where_it_is_not_served(model, slice_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"neg_sampler='all'.*a sampled negative sampler for " + model):
+        make(model, "SL", slice_data, tmp_path, neg_sampler="all")
+
+
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model,reason", [
     *sorted(REFUSED.items()),

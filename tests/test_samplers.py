@@ -27,10 +27,10 @@ def random_interactions(n_users=50, n_items=40, density=0.3, seed=0):
     return users, items, mask
 
 
-@pytest.fixture(params=["dense", "sorted"])
+@pytest.fixture(params=["dense", "hashed"])
 def positive_set(request, monkeypatch):
     users, items, mask = random_interactions()
-    if request.param == "sorted":
+    if request.param == "hashed":
         monkeypatch.setattr(PositiveSet, "max_dense_cells", 0)
     ps = PositiveSet(users, items, n_items=mask.shape[1], n_users=mask.shape[0])
     assert (ps.dense is not None) == (request.param == "dense")
@@ -41,6 +41,20 @@ def test_positive_set_membership_matches_data(positive_set):
     ps, mask = positive_set
     uu, ii = torch.meshgrid(torch.arange(mask.shape[0]), torch.arange(mask.shape[1]), indexing="ij")
     assert torch.equal(ps.contains(uu, ii), mask)
+
+
+def test_positive_set_shared_membership_and_pairs(positive_set):
+    # contains_cols looks the batch users' own positives up among the N shared items: every
+    # occurrence of a repeated item is found, and rows of a repeated user agree.
+    ps, mask = positive_set
+    g = torch.Generator().manual_seed(1)
+    user = torch.randint(0, mask.shape[0], (17,), generator=g)
+    items = torch.randint(0, mask.shape[1], (60,), generator=g)  # with repeats
+    assert torch.equal(ps.contains_cols(user, items), mask[user.unsqueeze(1), items.unsqueeze(0)])
+    row, item = ps.pairs_of(user)
+    got = torch.zeros(user.shape[0], mask.shape[1], dtype=torch.bool)
+    got[row, item] = True
+    assert torch.equal(got, mask[user]) and row.numel() == int(mask[user].sum())
 
 
 def counts_of(n_items, seed=0):
@@ -60,7 +74,12 @@ def valid_items(nb: NegativeBatch):
     return nb.items if nb.mask is None else torch.where(nb.mask, nb.items, torch.full_like(nb.items, -1))
 
 
-@pytest.mark.parametrize("name", SAMPLERS.names())
+# Samplers that draw negatives; `all` (exhaustive) describes them by what it excludes instead.
+DRAWING = [n for n, c in SAMPLERS.items() if not c.exhaustive]
+EXHAUSTIVE = [n for n, c in SAMPLERS.items() if c.exhaustive]
+
+
+@pytest.mark.parametrize("name", DRAWING)
 def test_shape_range_and_device(name):
     torch.manual_seed(0)
     s = make(name)
@@ -75,7 +94,7 @@ def test_shape_range_and_device(name):
     assert nb.is_shared == (not SAMPLERS.get(name).per_row)
 
 
-@pytest.mark.parametrize("name", SAMPLERS.names())
+@pytest.mark.parametrize("name", DRAWING)
 def test_exclusion_never_returns_training_positive(name, positive_set):
     ps, mask = positive_set
     torch.manual_seed(1)
@@ -86,6 +105,28 @@ def test_exclusion_never_returns_training_positive(name, positive_set):
     hit = mask[user.unsqueeze(1).expand_as(neg), neg.clamp_min(0)] & (neg >= 0)
     assert not hit.any()
     assert (neg >= 0).float().mean() > 0.3  # not vacuous: most negatives stay valid
+
+
+@pytest.mark.parametrize("name", EXHAUSTIVE)
+def test_exhaustive_sampler_excludes_exactly_the_positives(name, positive_set):
+    # Every other item is a negative: what the batch excludes must be each row's training
+    # positives and its own positive, nothing more (dense and hashed positive sets).
+    ps, mask = positive_set
+    user = torch.tensor([0, 3, 3, 7, 1])
+    pos_item = torch.tensor([1, 2, 5, 9, 4])
+    for positives in (ps, None):
+        s = make(name, n_items=mask.shape[1], positives=positives)
+        nb = s.sample(user, pos_item)
+        want = mask[user].clone() if positives is not None else torch.zeros(5, mask.shape[1], dtype=torch.bool)
+        want[torch.arange(5), pos_item] = True
+        got = nb.excluded.mask(5, torch.arange(mask.shape[1]))
+        assert torch.equal(got, want)
+        assert nb.items.shape == (5, 1)  # "the" negative of the model's own terms only
+
+
+def test_all_sampler_block_size_is_checked():
+    with pytest.raises(ConfigError, match="all_block_size"):
+        make("all", block=0)
 
 
 def test_without_exclusion_positives_do_appear():

@@ -33,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recbole_dsl.errors import ConfigError
 from recbole_dsl.registry import Registry
-from recbole_dsl.scoring import FULL_PATH_RATIO, Scores, mix_affinity
+from recbole_dsl.samplers.base import SAMPLERS
+from recbole_dsl.scoring import FULL_PATH_RATIO, Scores, gather_all_scores, mix_affinity, sampled_scores
 
 if TYPE_CHECKING:  # the settings module imports the loss and sampler registries, not the adapters
     from recbole_dsl.losses.base import ScoreNeeds
@@ -92,9 +94,9 @@ def item_similarity(table: Tensor, pos_item: Tensor, neg_item: Tensor, chunk: in
         for s in range(0, pos_item.shape[0], chunk):
             p, q = pos_item[s:s + chunk], neg_item[s:s + chunk]
             if t.shape[0] <= FULL_PATH_RATIO * n:
-                out.append((t[p] @ t.t()).gather(1, q))
+                out.append(gather_all_scores(t[p], t, q))
             else:
-                out.append(torch.bmm(t[q], t[p].unsqueeze(2)).squeeze(2))
+                out.append(sampled_scores(t[p], t, q))
         return torch.cat(out, 0) if out else torch.zeros_like(neg_item, dtype=t.dtype)
 
 
@@ -126,6 +128,8 @@ class Adapter:
 
     # True for models RecBole trains on its UserDataLoader (batches of users).
     user_batches: ClassVar[bool] = False
+    # True where the `all` sampler (the exact softmax over every item) is served: all_items_loss.
+    supports_all_items: ClassVar[bool] = False
     # True where full-sort evaluation uses the plugin's score function on the model's
     # representations (embedding models); False keeps the model's own full_sort_predict / predict.
     evaluates_with_plugin_scores: ClassVar[bool] = False
@@ -147,6 +151,19 @@ class Adapter:
             self._hist_lens = lens.to(model.device)
             self.max_rows = max(1, MAX_USER_ROW_CELLS // (1 + int(settings.neg_num)))
             self._group_size = int(settings.positives_per_user)
+
+    @classmethod
+    def check_run(cls, config, rec: "RecLossSettings") -> None:
+        """Refuse a run of this model that the loss path cannot serve: a sampler the adapter does not
+        support, then the model's own settings (check_config). Raises ConfigError."""
+        if SAMPLERS.get(rec.neg_sampler).exhaustive and not cls.supports_all_items:
+            served = ", ".join(n for n, c in ADAPTERS.items() if c.supports_all_items)
+            raise ConfigError(
+                "neg_sampler", rec.neg_sampler, f"a sampled negative sampler for {config['model']}",
+                hint=f"'{rec.neg_sampler}' (the exact softmax over every item) serves the embedding models "
+                     f"({served}); autoencoders and pair scorers train with uniform, popularity, in_batch or shared",
+            )
+        cls.check_config(config)
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -189,6 +206,10 @@ class Adapter:
 
     def scores(self, out: Forward, rows: Rows, neg_item: Tensor, needs: "ScoreNeeds") -> Scores:
         raise NotImplementedError
+
+    def all_items_loss(self, out: Forward, rows: Rows, negs, loss_fn) -> Tensor:
+        """The loss of the `all` sampler's batch (``negs.excluded``): every other item a negative."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve neg_sampler 'all'")
 
     def rec_scale(self, rows: Rows) -> float:
         """Factor turning the loss's mean over rows into the model's own reduction."""

@@ -11,10 +11,12 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from recbole_dsl.adapters.base import ADAPTERS, Adapter, Forward, Rows, pick_rows
-from recbole_dsl.scoring import all_item_scores, batch_scores, choose_score_path, pair_scores
+from recbole_dsl.losses.full import AllItems
+from recbole_dsl.scoring import all_item_scores, batch_scores, choose_score_path, pair_scores, prepare
 
 
 def per_user(fn, user: Tensor) -> Tensor:
@@ -29,6 +31,7 @@ class EmbeddingAdapter(Adapter):
     """Models whose score is user_rep . item_rep with a lookup table per side (BPR, i.e. MF)."""
 
     evaluates_with_plugin_scores = True
+    supports_all_items = True
 
     def __init__(self, model, dataset, settings):
         super().__init__(model, dataset, settings)
@@ -71,6 +74,20 @@ class EmbeddingAdapter(Adapter):
         # User-level batches: one [B_u, n_items] product, then each row's columns.
         pos, neg = pick_rows(all_item_scores(out.user_e, out.items, score_fn), rows, neg_item)
         return self.with_affinity(pos, neg, rows, neg_item, needs, table=out.items)
+
+    def all_items_loss(self, out, rows, negs, loss_fn):
+        score_fn = self.settings.score_fn
+        u = prepare(out.user_e, score_fn)
+        if rows.row_of is not None:  # user-level batches: one query per row
+            u = u[rows.row_of]
+        items = prepare(out.items, score_fn)
+        pos = (u * items[rows.pos_item]).sum(-1)
+        sim_table = None
+        if loss_fn.needs.affinity_alpha is not None:  # as batch_scores: the training table, normalised
+            sim_table = items.detach() if score_fn == "cosine" else F.normalize(out.items.detach(), dim=-1)
+        all_items = AllItems.build(negs.excluded, int(pos.shape[0]), int(items.shape[0]), negs.block,
+                                   group=rows.groups, pos_item=rows.pos_item, sim_table=sim_table)
+        return loss_fn.forward_all(u, items, pos, all_items)
 
     # -- evaluation -----------------------------------------------------------------------
     def invalidate(self) -> None:

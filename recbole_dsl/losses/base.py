@@ -9,12 +9,15 @@ loss from those plain arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from recbole_dsl.registry import Registry
+
+if TYPE_CHECKING:
+    from recbole_dsl.losses.full import AllItems
 
 LOSSES: Registry = Registry("rec_loss")
 
@@ -63,6 +66,8 @@ class RecLoss(nn.Module):
     name: ClassVar[str] = ""
     params: ClassVar[Dict[str, str]] = {}
     needs: ScoreNeeds = ScoreNeeds()
+    # True when the loss implements `compute_all` (the exact full softmax, neg_sampler: all)
+    supports_all: ClassVar[bool] = False
 
     @classmethod
     def check(cls, kwargs: Dict[str, Any], neg_num: Optional[int] = None) -> Dict[str, Any]:
@@ -72,6 +77,23 @@ class RecLoss(nn.Module):
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         raise NotImplementedError
+
+    def compute_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: "AllItems") -> Tensor:
+        """[B] per-row losses with every valid item of the catalogue as a negative (the scores
+        ``u @ items.T`` over item blocks, see recbole_dsl.losses.full); ``pos`` [B] the positive
+        scores. Equal to ``compute(pos, S, LossContext(neg_mask=M, ...))`` on the dense block S of
+        all real items with the excluded pairs masked; rows without a valid item give 0."""
+        supported = [n for n, c in LOSSES.items() if c.supports_all]
+        raise NotImplementedError(
+            f"rec_loss {self.name or type(self).__name__} has no exact full-catalogue form "
+            f"(neg_sampler: all); the losses that have one: {supported}"
+        )
+
+    def forward_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: "AllItems") -> Tensor:
+        """The batch loss of `compute_all`: the mean over the rows with at least one valid item."""
+        rows = all_items.counts > 0
+        per_row = self.compute_all(u, items, pos, all_items)
+        return (per_row * rows).sum() / rows.sum().clamp_min(1)
 
     def forward(self, pos: Tensor, neg: Tensor, ctx: Optional[LossContext] = None) -> Tensor:
         if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0]:

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_lme, prepare_mask, zero_empty_rows
 from recbole_dsl.checks import check_bool, check_positive
+from recbole_dsl.losses.full import AllItems, row_lse_all
 from recbole_dsl.losses.sl import check_scores
 
 
@@ -47,14 +48,18 @@ def bsl_loss(
     """
     check_scores(pos, neg)
     mask, rows = prepare_mask(neg, neg_mask)
+    pos_term = _positive_lme(pos, tau_pos, group)
+    return zero_empty_rows(-pos_term + (tau_neg / tau_pos) * masked_lme(neg / tau_neg, mask, dim=1), rows)
+
+
+def _positive_lme(pos: Tensor, tau_pos: float, group: Optional[Tensor]) -> Tensor:
+    """[B] LME_{k in S_b}(s_p[k] / tau1); s_p[b] / tau1 itself without groups."""
     x = pos / tau_pos
     if group is None:
-        pos_term = x
-    else:
-        if group.shape != pos.shape:
-            raise ValueError(f"group must have the shape of pos {tuple(pos.shape)}, got {tuple(group.shape)}")
-        pos_term = grouped_lme(x, group)
-    return zero_empty_rows(-pos_term + (tau_neg / tau_pos) * masked_lme(neg / tau_neg, mask, dim=1), rows)
+        return x
+    if group.shape != pos.shape:
+        raise ValueError(f"group must have the shape of pos {tuple(pos.shape)}, got {tuple(group.shape)}")
+    return grouped_lme(x, group)
 
 
 @LOSSES.register("BSL")
@@ -64,6 +69,7 @@ class BSLLoss(RecLoss):
     and BSL is only a rescaled SL."""
 
     name = "BSL"
+    supports_all = True
     params = {"tau_pos": "loss_tau_pos", "tau_neg": "loss_tau", "group_positives": "bsl_group_positives"}
 
     # the same argument order as bsl_loss(pos, neg, tau_pos, tau_neg): tau1, then tau2
@@ -81,6 +87,14 @@ class BSLLoss(RecLoss):
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         group = ctx.user if self.group_positives else None
         return bsl_loss(pos, neg, self.tau_pos, self.tau_neg, group, ctx.neg_mask)
+
+    def compute_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems) -> Tensor:
+        pos_term = _positive_lme(pos, self.tau_pos, all_items.group if self.group_positives else None)
+        tau_neg, rows = self.tau_neg, all_items.rows
+        lse = row_lse_all(u, items, lambda s: s / tau_neg, **all_items.scan_kw)
+        # LME over the valid items: divide by their number (1 for empty rows, zeroed anyway)
+        log_n = torch.log(torch.where(rows, all_items.counts, torch.ones_like(all_items.counts)).to(lse.dtype))
+        return zero_empty_rows(-pos_term + (tau_neg / self.tau_pos) * (lse - log_n), rows)
 
     def extra_repr(self) -> str:
         return f"tau_pos={self.tau_pos}, tau_neg={self.tau_neg}, group_positives={self.group_positives}"

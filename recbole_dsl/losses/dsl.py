@@ -37,7 +37,7 @@ noticeable on CPU (about 150 ms for B = 2048, N = 1000 on one core), which is wh
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -45,6 +45,9 @@ from torch import Tensor
 from recbole_dsl.checks import check_bool, check_int, check_positive, check_real
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, ScoreNeeds, prepare_mask
+from recbole_dsl.losses.full import (
+    AllItems, cap_log_scale_all, row_lse_all, row_stats_all, row_sum_all, row_topk_all,
+)
 
 
 def _check_scores(pos: Tensor, neg: Tensor) -> None:
@@ -163,6 +166,14 @@ def _log_temperatures(
         in_slate = torch.isfinite(top)
         sig = torch.sigmoid((top - pos.detach().unsqueeze(1)) * (1.0 / tau)) * in_slate
         intensity = sig.sum(dim=1) / in_slate.sum(dim=1).clamp_min(1).to(sig.dtype)
+    return _log_temperatures_of(intensity, tau, gamma, tau_range, eps, rows)
+
+
+def _log_temperatures_of(intensity: Tensor, tau: float, gamma: float, tau_range: float, eps: float,
+                         rows: Tensor) -> Tensor:
+    """log tau_b [B] from the slate intensities I_b, batch statistics over ``rows`` [B] bool (the
+    other rows get tau; their intensity must be finite)."""
+    log_tau = math.log(tau)
     w = rows.to(intensity.dtype)
     count = w.sum().clamp_min(1)
     mean = (intensity * w).sum() / count
@@ -261,6 +272,37 @@ def dsl_loss(
     return loss, {"tau_b": tau_b.detach(), "w": w.detach()}
 
 
+def _full_weight_summary(
+    u: Tensor, items: Tensor, all_items: AllItems, affinity, aux, shift: Tensor, log_cap: Optional[float],
+    a_min: Tensor, a_max: Tensor,
+) -> Callable[[], Tuple[Tensor, ...]]:
+    """A function giving (log min, log median, log max) of compute_all's weights over the valid
+    (row, item) pairs, run only when diagnostics are asked for. log w = kappa * a + shift (capped
+    at log_cap) is monotone in kappa * a, so min and max come from its per-row extremes; the
+    median is over an evenly strided sample of item columns (at most _MEDIAN_SAMPLE weights, all
+    of them for small batches)."""
+    u, items, shift = u.detach(), items.detach(), shift.detach()
+
+    def log_w(a: Tensor) -> Tensor:
+        return a if log_cap is None else torch.clamp_max(a, log_cap)
+
+    @torch.no_grad()
+    def summary() -> Tuple[Tensor, ...]:
+        rows = all_items.rows
+        if not bool(rows.any()):
+            nan = shift.new_tensor(float("nan"))
+            return nan, nan, nan
+        first, b = all_items.first_item, u.shape[0]
+        step = max(1, -(-b * (items.shape[0] - first) // _MEDIAN_SAMPLE))
+        ids = torch.arange(first, items.shape[0], step, device=u.device)
+        extra = () if aux is None else (aux[0] @ aux[1][ids].T,)
+        sample = log_w(affinity(u @ items[ids].T, *extra) + shift.unsqueeze(1))
+        valid = ~all_items.excluded.mask(b, ids) & rows.unsqueeze(1)
+        return (log_w(a_min + shift)[rows].min(), sample[valid].median(), log_w(a_max + shift)[rows].max())
+
+    return summary
+
+
 # dsl_w_median is taken over at most this many of the batch's B * N weights (an exact median of
 # 2M values would cost more than the loss itself).
 _MEDIAN_SAMPLE = 1 << 16
@@ -282,9 +324,14 @@ class DSLLoss(RecLoss):
     (tau, 1) and are left out rather than logged. The weight min / max are exact; the weight
     median is over an evenly strided sample of at most 65536 of the B * N weights (exact for
     smaller batches).
+
+    ``compute_all`` is the same loss with every valid item of the catalogue as a negative
+    (neg_sampler: all), over item blocks; every branch and the weight cap included, and the
+    diagnostics too (the weight median over a strided sample of item columns).
     """
 
     name = "DSL"
+    supports_all = True
     params = {
         "tau": "loss_tau",
         "kappa": "dsl_kappa",
@@ -330,6 +377,8 @@ class DSLLoss(RecLoss):
         self._last_log_tau_b: Optional[Tensor] = None
         self._last_log_w: Optional[Tuple[Tensor, Tensor]] = None
         self._last_masked = False
+        # compute_all's weights: () -> (log min, log median, log max), see _full_weight_summary
+        self._last_w_all: Optional[Callable[[], Tuple[Tensor, ...]]] = None
 
     @classmethod
     def check(cls, kwargs, neg_num=None):
@@ -367,13 +416,89 @@ class DSLLoss(RecLoss):
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
         self._last_log_w = log_w  # (u, o), both already detached
         self._last_masked = ctx.neg_mask is not None
+        self._last_w_all = None
         return loss
+
+    def compute_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems) -> Tensor:
+        """`compute` with every valid item as a negative, in passes over item blocks (see
+        recbole_dsl.losses.full): the slate (a top-K, or a sum over all items when K covers
+        the catalogue), the weights' normaliser, the cap's scale (a few passes, only with
+        max_weight), then the loss's logsumexp with its gradient. cos(p, j) comes from
+        ``all_items.sim_table`` (needed when the reweighting uses it, alpha < 1)."""
+        rows, kw = all_items.rows, all_items.scan_kw
+        n_real = items.shape[0] - all_items.first_item
+        log_n = torch.log(torch.where(rows, all_items.counts, torch.ones_like(all_items.counts)).to(u.dtype))
+        log_tau_b = self._log_temperatures_all(u, items, pos, all_items, n_real) if self.eff_gamma != 0 else None
+        inv_tau = pos.new_full(pos.shape, 1.0 / self.tau) if log_tau_b is None else torch.exp(-log_tau_b)
+        pos_logit = pos / self.tau if log_tau_b is None else pos * inv_tau
+        self._last_w_all = None
+        if self.eff_kappa == 0:
+            lse = row_lse_all(u, items, lambda s, it: s * it, (inv_tau,), **kw)
+            loss = lse - pos_logit - log_n
+        else:
+            affinity, aux = self._affinity_all(all_items)
+            lse_a, a_max, a_min = row_stats_all(u, items, affinity, aux=aux, **kw)
+            o = log_n - lse_a  # log w0_j = kappa * a_j + o: mean one over the valid items
+            cap = self.max_weight if self.max_weight is not None and self.max_weight < n_real else None
+            if cap is None:
+                shift, log_cap = o, None
+                lse = row_lse_all(u, items, lambda s, it, *c: s * it + affinity(s.detach(), *c),
+                                  (inv_tau,), aux=aux, **kw)
+                loss = lse - pos_logit + (o - log_n)
+            else:
+                shift_w0 = o.unsqueeze(1)
+                log_c = cap_log_scale_all(u, items, lambda s, *c: affinity(s, *c) + shift_w0, all_items.counts,
+                                          cap, aux=aux, **kw)
+                shift, log_cap = o + log_c, math.log(cap)
+                def phi(s, it, sh, *c):
+                    return s * it + torch.clamp_max(affinity(s.detach(), *c) + sh, log_cap)
+
+                lse = row_lse_all(u, items, phi, (inv_tau, shift), aux=aux, **kw)
+                loss = lse - pos_logit - log_n
+            self._last_w_all = _full_weight_summary(u, items, all_items, affinity, aux, shift, log_cap, a_min, a_max)
+        self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
+        self._last_log_w = None
+        self._last_masked = True
+        return torch.where(rows, loss, torch.zeros_like(loss))
+
+    def _affinity_all(self, all_items: AllItems):
+        """(kappa * a as a block function of (scores[, cos]), aux for cos(p, j) or None); no gradient."""
+        kappa, alpha = self.eff_kappa, self.alpha
+        if alpha >= 1:
+            return (lambda s: kappa * s.detach()), None
+        aux = all_items.sim_aux()
+        if aux is None:
+            raise ValueError(
+                "DSL: AllItems.sim_table (the L2-normalised item table) and pos_item are required when "
+                "dsl_kappa != 0 and dsl_alpha < 1"
+            )
+        # the same lerp as the sampled path's mix_affinity
+        return (lambda s, cos: torch.lerp(cos.to(s.dtype), s.detach(), alpha) * kappa), aux
+
+    @torch.no_grad()
+    def _log_temperatures_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems,
+                              n_real: int) -> Tensor:
+        kw, tau = all_items.scan_kw, self.tau
+        k = n_real if self.slate_size is None else min(int(self.slate_size), n_real)
+        p = pos.detach()
+        if k >= n_real:  # the slate is every valid item
+            total = row_sum_all(u, items, lambda s, q: torch.sigmoid((s - q) * (1.0 / tau)), (p,), **kw)
+            intensity = total / all_items.counts.clamp_min(1).to(total.dtype)
+        else:
+            top = row_topk_all(u, items, k, **kw)
+            in_slate = torch.isfinite(top)
+            sig = torch.sigmoid((top - p.unsqueeze(1)) * (1.0 / tau)) * in_slate
+            intensity = sig.sum(dim=1) / in_slate.sum(dim=1).clamp_min(1).to(sig.dtype)
+        return _log_temperatures_of(intensity, tau, self.eff_gamma, self.tau_range, 1e-6, all_items.rows)
 
     def diagnostics(self) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
         if self._last_log_tau_b is not None:
             t = self._last_log_tau_b.float().exp()
             out.update(dsl_tau_min=t.min(), dsl_tau_median=t.median(), dsl_tau_max=t.max())
+        if self._last_w_all is not None:
+            lo, mid, hi = (v.float().exp() for v in self._last_w_all())
+            out.update(dsl_w_min=lo, dsl_w_median=mid, dsl_w_max=hi)
         if self._last_log_w is not None:
             u, o = self._last_log_w
             # masked negatives (log w = -inf) are not weights: left out of the min and the median

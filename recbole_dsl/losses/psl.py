@@ -8,6 +8,7 @@ from torch import Tensor
 
 from recbole_dsl.checks import check_choice, check_positive
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_logsumexp, prepare_mask, zero_empty_rows
+from recbole_dsl.losses.full import AllItems, row_lse_all
 from recbole_dsl.losses.sl import check_scores
 
 # The user-facing activations sigma(d), d = (s_n - s_p) / 2 in [-1, 1] for cosine scores.
@@ -39,10 +40,15 @@ def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh",
         _check_activation(activation)
     check_scores(pos, neg)
     mask, rows = prepare_mask(neg, neg_mask)
-    d = (neg - pos.unsqueeze(1)) / 2
-    sigma = _ALL_ACTIVATIONS[activation](d)
+    logits = _log_sigma_over_tau(neg, pos.unsqueeze(1), tau, activation)
+    return zero_empty_rows(masked_logsumexp(logits, mask, dim=1), rows)
+
+
+def _log_sigma_over_tau(neg: Tensor, pos: Tensor, tau: float, activation: str) -> Tensor:
+    """log sigma((s_n - s_p) / 2) / tau, elementwise (pos broadcast against neg)."""
+    sigma = _ALL_ACTIVATIONS[activation]((neg - pos) / 2)
     sigma = torch.clamp(sigma, min=torch.finfo(sigma.dtype).tiny)
-    return zero_empty_rows(masked_logsumexp(torch.log(sigma) / tau, mask, dim=1), rows)
+    return torch.log(sigma) / tau
 
 
 @LOSSES.register("PSL")
@@ -50,6 +56,7 @@ class PSLLoss(RecLoss):
     """Pairwise softmax (see `psl_loss`); tau in the paper's halved convention."""
 
     name = "PSL"
+    supports_all = True
     params = {"tau": "loss_tau", "activation": "psl_activation"}
 
     def __init__(self, tau: float = 0.05, activation: str = "tanh"):
@@ -64,6 +71,12 @@ class PSLLoss(RecLoss):
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
         return psl_loss(pos, neg, self.tau, self.activation, ctx.neg_mask)
+
+    def compute_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems) -> Tensor:
+        tau, activation = self.tau, self.activation
+        lse = row_lse_all(u, items, lambda s, p: _log_sigma_over_tau(s, p, tau, activation), (pos,),
+                          **all_items.scan_kw)
+        return zero_empty_rows(lse, all_items.rows)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, activation={self.activation!r}"

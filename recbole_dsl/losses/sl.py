@@ -7,7 +7,9 @@ import torch
 from torch import Tensor
 
 from recbole_dsl.checks import check_bool, check_positive
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, prepare_mask, zero_empty_rows
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, check_mask, zero_empty_rows
+from recbole_dsl.losses.lse import scaled_logsumexp
+from recbole_dsl.losses.full import AllItems, row_lse_all
 
 
 def check_scores(pos: Tensor, neg: Tensor) -> None:
@@ -37,20 +39,17 @@ def sl_loss(
     with no valid negative gives 0.
     """
     check_scores(pos, neg)
-    mask, rows = prepare_mask(neg, neg_mask)
+    check_mask(neg, neg_mask)
+    if neg_log_q is not None and neg_log_q.shape != neg.shape:
+        raise ValueError(f"neg_log_q must have the shape of neg {tuple(neg.shape)}, got {tuple(neg_log_q.shape)}")
     # logsumexp_j(x_j - c) == logsumexp_j(x_j) - c: subtracting the positive after the reduction
     # saves a [B, N] subtraction forward and a [B, N] reduction backward (N is up to thousands).
     p = pos / tau
-    logits = neg / tau
-    if neg_log_q is not None:
-        if neg_log_q.shape != neg.shape:
-            raise ValueError(f"neg_log_q must have the shape of neg {tuple(neg.shape)}, got {tuple(neg_log_q.shape)}")
-        logits = logits - neg_log_q.to(logits.dtype)
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
+    lse = scaled_logsumexp(neg, 1.0 / tau, neg_log_q, neg_mask)  # -inf for rows without a valid negative
+    valid = torch.isfinite(lse) if neg_mask is not None else None
     if include_positive:
-        logits = torch.cat([p.unsqueeze(1), logits], dim=1)
-    return zero_empty_rows(torch.logsumexp(logits, dim=1) - p, rows)
+        lse = torch.logaddexp(lse, p)
+    return zero_empty_rows(lse - p, valid)
 
 
 @LOSSES.register("SL")
@@ -58,6 +57,7 @@ class SLLoss(RecLoss):
     """Sampled softmax (see `sl_loss`)."""
 
     name = "SL"
+    supports_all = True
     params = {"tau": "loss_tau", "include_positive": "sl_include_positive", "log_q_correction": "sl_log_q_correction"}
 
     def __init__(self, tau: float = 0.1, include_positive: bool = False, log_q_correction: bool = False):
@@ -75,6 +75,15 @@ class SLLoss(RecLoss):
         # Without a known q (uniform sampler) the correction is a constant: skip it.
         log_q = ctx.neg_log_q if self.log_q_correction else None
         return sl_loss(pos, neg, self.tau, self.include_positive, log_q, ctx.neg_mask)
+
+    def compute_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems) -> Tensor:
+        # every valid item is a negative, nothing is sampled: there is no log q to correct
+        tau = self.tau
+        lse = row_lse_all(u, items, lambda s: s / tau, **all_items.scan_kw)
+        p = pos / tau
+        if self.include_positive:
+            lse = torch.logaddexp(lse, p)
+        return zero_empty_rows(lse - p, all_items.rows)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, include_positive={self.include_positive}, log_q_correction={self.log_q_correction}"

@@ -8,15 +8,16 @@ from recbole_dsl.samplers.base import (
     build_sampler,
     is_shared,
 )
-from recbole_dsl.samplers import popularity, in_batch, shared  # noqa: F401  (registration side effect)
+from recbole_dsl.samplers import all_items, popularity, in_batch, shared  # noqa: F401  (registration side effect)
 from recbole_dsl.samplers.popularity import PopularitySampler
 from recbole_dsl.samplers.in_batch import InBatchSampler
 from recbole_dsl.samplers.shared import SharedSampler
+from recbole_dsl.samplers.all_items import AllItemsSampler
 from recbole_dsl.samplers.noisy import FalseNegativeSampler
 from recbole_dsl.samplers.factory import sampler_for_run
 
 __all__ = [
     "SAMPLERS", "NegativeBatch", "NegativeSampler", "PositiveSet", "UniformSampler", "PopularitySampler",
-    "InBatchSampler", "SharedSampler", "FalseNegativeSampler", "build_sampler", "is_shared",
+    "InBatchSampler", "SharedSampler", "AllItemsSampler", "FalseNegativeSampler", "build_sampler", "is_shared",
     "sampler_for_run",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from logging import getLogger
-from typing import ClassVar, Dict, Optional, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,16 +30,28 @@ SAMPLERS: Registry = Registry("neg_sampler")
 FIRST_ITEM = 1
 
 
+# Fibonacci hashing: the top bits of key * 2^64 / phi spread consecutive keys (a user's items)
+# over the whole filter. As a signed int64; torch's int64 product wraps around.
+_HASH_MULT = -7046029254386353131  # 0x9E3779B97F4A7C15
+
+
 class PositiveSet:
     """Membership test for (user, item) training pairs, vectorised over any tensor shape.
 
-    Small catalogues use a dense [n_users, n_items] boolean table (one gather per test);
-    larger ones keep the pairs encoded as user * n_items + item, sorted once, and test with one
-    searchsorted. Either way there is no per-row Python set lookup.
+    Small catalogues use a dense [n_users, n_items] boolean table (one gather per test).
+    Larger ones must not: n_users x n_items grows with the square of the data (Gowalla's is 1.2 G
+    cells). There the pairs are kept as sorted keys user * n_items + item (8 bytes per training
+    pair), and a byte filter of about 16 cells per pair answers most tests in one lookup: a key
+    whose hashed cell is empty is not a positive. Only keys that land on an occupied cell (the
+    positives and about 1 in 16 others) go on to the exact binary search, which over every test
+    of a batch costs about 20 random reads per key (BENCHMARKS.md, Scale). Memory grows with the
+    number of training pairs, never with n_users x n_items.
     """
 
     # Dense table up to this many cells (bytes): ml-1m's 6k x 3.7k is 22 M.
     max_dense_cells = 1 << 26
+    # Filter cells per training pair (rounded up to a power of two).
+    filter_cells_per_pair = 16
 
     def __init__(self, users: Tensor, items: Tensor, n_items: int, n_users: Optional[int] = None):
         self.n_items = int(n_items)
@@ -47,17 +59,35 @@ class PositiveSet:
         n_users = int(users.max()) + 1 if n_users is None else int(n_users)
         self.dense = None
         self.keys = None
+        self.filter = None
         if n_users * self.n_items <= self.max_dense_cells:
             self.dense = torch.zeros(n_users, self.n_items, dtype=torch.bool)
             self.dense[users, items] = True
         else:
             self.keys = torch.unique(users * self.n_items + items)  # sorted
+            cells = max(64, self.keys.numel() * self.filter_cells_per_pair)
+            self._bits = (cells - 1).bit_length()
+            slots = torch.unique(self._slot(self.keys))
+            words = torch.zeros(1 << (self._bits - 6), dtype=torch.long)
+            # Distinct slots set distinct bits, so summing each word's bits is OR-ing them.
+            words.index_add_(0, slots >> 6, torch.ones_like(slots) << (slots & 63))
+            self.filter = words
+
+    def _slot(self, keys: Tensor) -> Tensor:
+        return ((keys * _HASH_MULT) >> (64 - self._bits)) & ((1 << self._bits) - 1)
+
+    def _maybe(self, keys: Tensor) -> Tensor:
+        """False where a key is certainly not a training pair (its filter cell is empty)."""
+        slot = self._slot(keys.reshape(-1))
+        word = self.filter.index_select(0, slot >> 6)
+        return ((word >> (slot & 63)) & 1).view(keys.shape).bool()
 
     def to(self, device) -> "PositiveSet":
         if self.dense is not None:
             self.dense = self.dense.to(device)
         else:
             self.keys = self.keys.to(device)
+            self.filter = self.filter.to(device)
         return self
 
     def contains_rows(self, user: Tensor, items: Tensor) -> Tensor:
@@ -70,7 +100,36 @@ class PositiveSet:
         """[B, N] membership of items[j] in user[b]'s positives, for one [N] set shared by all rows."""
         if self.dense is not None:
             return self.dense[user.unsqueeze(1), items.unsqueeze(0)]
-        return self.contains(user.unsqueeze(1).expand(-1, items.shape[0]), items.unsqueeze(0).expand(user.shape[0], -1))
+        # Testing all B x N pairs would be B x N lookups (2 M for 2048 rows and 1000 shared
+        # items); the batch users' own positives are far fewer (their degrees summed), so look
+        # those up among the N items instead.
+        out = torch.zeros(user.shape[0], items.shape[0], dtype=torch.bool, device=items.device)
+        row, item = self.pairs_of(user)
+        if row.numel() == 0 or items.numel() == 0:
+            return out
+        vals, perm = torch.sort(items)
+        lo = torch.searchsorted(vals, item)
+        hits = torch.searchsorted(vals, item, right=True) - lo  # occurrences of item among the N
+        keep = hits > 0
+        row, lo, hits = row[keep], lo[keep], hits[keep]
+        # An item drawn several times into the shared set is masked at every occurrence.
+        rep = torch.repeat_interleave(torch.arange(row.numel(), device=row.device), hits)
+        first = torch.cumsum(hits, 0) - hits
+        col = perm[lo[rep] + torch.arange(rep.numel(), device=rep.device) - first[rep]]
+        out[row[rep], col] = True
+        return out
+
+    def pairs_of(self, user: Tensor) -> Tuple[Tensor, Tensor]:
+        """(row, item): every training positive of each user[row], as flat [M] tensors."""
+        if self.dense is not None:
+            return self.dense[user].nonzero(as_tuple=True)
+        # Keys are sorted by user, then item: a user's positives are one contiguous run.
+        u = user.long() * self.n_items
+        start = torch.searchsorted(self.keys, u)
+        lens = torch.searchsorted(self.keys, u + self.n_items) - start
+        row = torch.repeat_interleave(torch.arange(user.shape[0], device=user.device), lens)
+        offs = torch.arange(row.numel(), device=user.device) - (torch.cumsum(lens, 0) - lens)[row]
+        return row, self.keys[start[row] + offs] % self.n_items
 
     def contains(self, users: Tensor, items: Tensor) -> Tensor:
         if self.dense is not None:
@@ -78,8 +137,13 @@ class PositiveSet:
         keys = users.long() * self.n_items + items.long()
         if self.keys.numel() == 0:
             return torch.zeros_like(keys, dtype=torch.bool)
-        idx = torch.searchsorted(self.keys, keys).clamp_(max=self.keys.numel() - 1)
-        return self.keys[idx] == keys
+        found = self._maybe(keys)
+        cand = found.view(-1).nonzero().squeeze(1)
+        if cand.numel():
+            k = keys.reshape(-1).index_select(0, cand)
+            idx = torch.searchsorted(self.keys, k).clamp_(max=self.keys.numel() - 1)
+            found.view(-1)[cand] = self.keys.index_select(0, idx) == k
+        return found
 
 
 @dataclass
@@ -97,6 +161,11 @@ class NegativeBatch:
     items: Tensor
     log_q: Optional[Tensor] = None
     mask: Optional[Tensor] = None
+    # The `all` sampler: the (row, item) pairs that are not negatives (recbole_dsl.losses.full.Excluded;
+    # every other real item is) and the item block size of the exact softmax. None for sampled
+    # negatives; ``items`` is then only "the" negative of the model's own auxiliary terms.
+    excluded: Optional[Any] = None
+    block: int = 4096
 
     @property
     def is_shared(self) -> bool:
@@ -121,13 +190,16 @@ class NegativeSampler:
     - ``needs_item_counts``: the constructor takes ``item_counts`` [n_items], the training-split
       interaction count of every item;
     - ``per_row``: negatives are drawn independently per row (so a row's negatives can be redrawn
-      and protocols such as false-negative noise can replace them); False for shared negatives.
+      and protocols such as false-negative noise can replace them); False for shared negatives;
+    - ``exhaustive``: every other item is a negative (the batch carries ``excluded``, not negatives);
+      only losses with ``supports_all`` and adapters with ``supports_all_items`` serve it.
     """
 
     name: ClassVar[str] = ""
     params: ClassVar[Dict[str, str]] = {}
     needs_item_counts: ClassVar[bool] = False
     per_row: ClassVar[bool] = True
+    exhaustive: ClassVar[bool] = False
     # Rounds of redrawing the negatives that hit a training positive. Each round redraws only
     # the hits; a user with fraction f of the catalogue as positives keeps f**rounds of them.
     max_rounds: ClassVar[int] = 64
