@@ -1,12 +1,14 @@
 """BSL: bilateral softmax loss (Wu et al., arXiv 2312.12882)."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, masked_lme, prepare_mask, zero_empty_rows
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, prepare_mask, zero_empty_rows
+from recbole_dsl.losses.lse import scaled_logsumexp
 from recbole_dsl.checks import check_bool, check_positive
 from recbole_dsl.losses.full import AllItems, row_lse_all
 from recbole_dsl.losses.sl import check_scores
@@ -49,7 +51,9 @@ def bsl_loss(
     check_scores(pos, neg)
     mask, rows = prepare_mask(neg, neg_mask)
     pos_term = _positive_lme(pos, tau_pos, group)
-    return zero_empty_rows(-pos_term + (tau_neg / tau_pos) * masked_lme(neg / tau_neg, mask, dim=1), rows)
+    n = neg.shape[1] if mask is None else mask.sum(dim=1).to(neg.dtype)
+    neg_lme = scaled_logsumexp(neg, 1.0 / tau_neg, None, mask) - (math.log(n) if mask is None else torch.log(n))
+    return zero_empty_rows(-pos_term + (tau_neg / tau_pos) * neg_lme, rows)
 
 
 def _positive_lme(pos: Tensor, tau_pos: float, group: Optional[Tensor]) -> Tensor:

@@ -45,6 +45,7 @@ from torch import Tensor
 from recbole_dsl.checks import check_bool, check_int, check_positive, check_real
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, ScoreNeeds, prepare_mask
+from recbole_dsl.losses.lse import scaled_logsumexp
 from recbole_dsl.losses.full import (
     AllItems, cap_log_scale_all, row_lse_all, row_stats_all, row_sum_all, row_topk_all,
 )
@@ -215,16 +216,12 @@ def _dsl_parts(
     # logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) == logsumexp_j(s_n[j] / tau_b + log w_j) - s_p / tau_b:
     # the positive is subtracted after the reduction (no [B, N] difference, forward or backward).
     pos_logit = pos / tau if inv_tau is None else pos * inv_tau
+    scale = 1.0 / tau if inv_tau is None else inv_tau.unsqueeze(1)
     if log_w is None:
-        logits = neg / tau if inv_tau is None else neg * inv_tau.unsqueeze(1)
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        loss = torch.logsumexp(logits, dim=1) - pos_logit - log_n
+        loss = scaled_logsumexp(neg, scale, None, mask) - pos_logit - log_n
     else:
         u, o = log_w  # u is already -inf at masked entries
-        # s_n / tau_b + u in one fused kernel (one [B, N] temporary fewer)
-        logits = torch.add(u, neg, alpha=1.0 / tau) if inv_tau is None else torch.addcmul(u, neg, inv_tau.unsqueeze(1))
-        loss = torch.logsumexp(logits, dim=1) - pos_logit + (o - log_n)
+        loss = scaled_logsumexp(neg, scale, u.neg(), None) - pos_logit + (o - log_n)
     if rows is not None:
         loss = torch.where(rows, loss, torch.zeros_like(loss))
     return loss, log_tau_b, log_w
