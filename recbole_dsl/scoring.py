@@ -243,11 +243,29 @@ def batch_scores(
 
     ``neg_item`` [B, N] per row, or one [N] set expanded over the rows (``is_shared``), which is
     scored with one [B, d] x [d, N] product (``path`` does not matter then)."""
-    u = _prep(user_e, score_fn)
-    # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
-    items = _prep(item_table, score_fn)
+    u = prepare(user_e, score_fn)
     with_item_sim = affinity_alpha is not None
     item_sim, mixed = None, False
+    if is_shared(neg_item):
+        # Only the B positives and the N shared items are scored: normalising those rows rather
+        # than the whole table (41k x 64, forward and backward, every batch at Gowalla size) is
+        # what keeps a shared or in-batch step near the cost of a BPR step.
+        b, shared = pos_item.shape[0], neg_item[0]
+        rows = prepare(item_table[torch.cat([pos_item, shared])], score_fn)
+        pos = (u * rows[:b]).sum(-1)
+        neg = u @ rows[b:].t()
+        if with_item_sim:
+            with torch.no_grad():
+                rc = rows.detach() if score_fn == "cosine" else F.normalize(rows.detach(), dim=-1)
+                q = rc[:b]
+                if score_fn == "cosine":  # one product with the mixed query, as below
+                    q, mixed = torch.lerp(q, u.detach(), float(affinity_alpha)), True
+                item_sim = q @ rc[b:].t()
+        if not mixed:
+            item_sim = mix_affinity(item_sim, neg, affinity_alpha)
+        return Scores(pos, neg, item_sim)
+    # Normalising the table once (n_items x d) is cheaper than normalising B x N gathered rows.
+    items = prepare(item_table, score_fn)
     if with_item_sim:
         with torch.no_grad():
             items_c = items.detach() if score_fn == "cosine" else F.normalize(item_table.detach(), dim=-1)
@@ -257,15 +275,7 @@ def batch_scores(
                 # mix is one product with the mixed query lerp(p, u, alpha): no second [B, N]
                 # block, no mixing pass.
                 q, mixed = torch.lerp(q, u.detach(), float(affinity_alpha)), True
-    if is_shared(neg_item):
-        shared = neg_item[0]
-        neg_e = items[shared]  # [N, d]
-        pos = (u * items[pos_item]).sum(-1)
-        neg = u @ neg_e.t()
-        if with_item_sim:
-            with torch.no_grad():
-                item_sim = q @ items_c[shared].t()
-    elif path == "full":
+    if path == "full":
         # Positives by a row-wise dot product: concatenating them to the negatives' columns
         # would copy the whole [B, N] index every batch for one column.
         pos = (u * items[pos_item]).sum(-1)

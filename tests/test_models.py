@@ -418,3 +418,16 @@ def test_user_grouped_batch_mode_leaves_user_loaders_alone(slice_data, tmp_path)
     trainer.fit(train, valid, saved=False)
     assert loaders == [type(train)]  # RecBole's UserDataLoader is kept (batches of users)
     assert_metrics(trainer.evaluate(test, load_best_model=False))
+
+
+@pytest.mark.parametrize("mode", ["interaction", "user"])
+def test_progress_bars_show_for_plugin_training_and_evaluation(mode, slice_data, tmp_path, capsys):
+    # show_progress: RecBole's bars for every training epoch (the plugin's user-grouped loader
+    # included) and for evaluation, with the plugin's loss path in the loop.
+    torch.set_num_threads(1)
+    config, net, trainer, (train, valid, test) = make("BPR", "SL", slice_data, tmp_path, train_batch_mode=mode)
+    trainer.fit(train, valid, saved=False, show_progress=True)
+    err = capsys.readouterr().err
+    n = len(train)
+    assert err.count("Train ") >= 2 and f"{n}/{n}" in err, err[-2000:]
+    assert "Evaluate" in err, err[-2000:]

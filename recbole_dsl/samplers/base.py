@@ -100,24 +100,20 @@ class PositiveSet:
         """[B, N] membership of items[j] in user[b]'s positives, for one [N] set shared by all rows."""
         if self.dense is not None:
             return self.dense[user.unsqueeze(1), items.unsqueeze(0)]
+        out = torch.zeros(user.shape[0], items.shape[0], dtype=torch.bool, device=items.device)
+        out[self.cols_of(user, items)] = True
+        return out
+
+    def cols_of(self, user: Tensor, items: Tensor) -> Tuple[Tensor, Tensor]:
+        """(row, col) of every (b, j) with items[j] a training positive of user[b], for one [N] set
+        shared by all rows: the sparse form of `contains_cols`."""
+        if self.dense is not None:
+            return self.dense[user.unsqueeze(1), items.unsqueeze(0)].nonzero(as_tuple=True)
         # Testing all B x N pairs would be B x N lookups (2 M for 2048 rows and 1000 shared
         # items); the batch users' own positives are far fewer (their degrees summed), so look
         # those up among the N items instead.
-        out = torch.zeros(user.shape[0], items.shape[0], dtype=torch.bool, device=items.device)
         row, item = self.pairs_of(user)
-        if row.numel() == 0 or items.numel() == 0:
-            return out
-        vals, perm = torch.sort(items)
-        lo = torch.searchsorted(vals, item)
-        hits = torch.searchsorted(vals, item, right=True) - lo  # occurrences of item among the N
-        keep = hits > 0
-        row, lo, hits = row[keep], lo[keep], hits[keep]
-        # An item drawn several times into the shared set is masked at every occurrence.
-        rep = torch.repeat_interleave(torch.arange(row.numel(), device=row.device), hits)
-        first = torch.cumsum(hits, 0) - hits
-        col = perm[lo[rep] + torch.arange(rep.numel(), device=rep.device) - first[rep]]
-        out[row[rep], col] = True
-        return out
+        return positions_among(items, row, item)
 
     def pairs_of(self, user: Tensor) -> Tuple[Tensor, Tensor]:
         """(row, item): every training positive of each user[row], as flat [M] tensors."""
@@ -144,6 +140,22 @@ class PositiveSet:
             idx = torch.searchsorted(self.keys, k).clamp_(max=self.keys.numel() - 1)
             found.view(-1)[cand] = self.keys.index_select(0, idx) == k
         return found
+
+
+def positions_among(items: Tensor, row: Tensor, item: Tensor) -> Tuple[Tensor, Tensor]:
+    """(row, col) of every pair (row[k], j) with items[j] == item[k]: where the items of (row, item)
+    pairs sit in one [N] set of items (every occurrence of an item drawn more than once)."""
+    if row.numel() == 0 or items.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=items.device)
+        return empty, empty
+    vals, perm = torch.sort(items)
+    lo = torch.searchsorted(vals, item)
+    hits = torch.searchsorted(vals, item, right=True) - lo  # occurrences of item among the N
+    keep = hits > 0
+    row, lo, hits = row[keep], lo[keep], hits[keep]
+    rep = torch.repeat_interleave(torch.arange(row.numel(), device=row.device), hits)
+    first = torch.cumsum(hits, 0) - hits
+    return row[rep], perm[lo[rep] + torch.arange(rep.numel(), device=rep.device) - first[rep]]
 
 
 @dataclass

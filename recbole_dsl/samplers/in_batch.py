@@ -54,5 +54,5 @@ class InBatchSampler(NegativeSampler):
         items = pos_item.unsqueeze(0).expand(b, b)  # items[r, j] = pos_item[j], shared by all rows
         mask = items != pos_item.unsqueeze(1)
         if self.positives is not None:
-            mask &= ~self.positives.contains_cols(user, pos_item)
+            mask[self.positives.cols_of(user, pos_item)] = False
         return NegativeBatch(items, self._log_p[pos_item].unsqueeze(0).expand(b, b), mask)

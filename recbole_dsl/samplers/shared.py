@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from recbole_dsl.samplers.base import SAMPLERS, NegativeBatch, UniformSampler
+import torch
+
+from recbole_dsl.samplers.base import SAMPLERS, NegativeBatch, UniformSampler, positions_among
 
 
 @SAMPLERS.register("shared")
@@ -33,7 +35,10 @@ class SharedSampler(UniformSampler):
         items = self.draw((self.num,), user.device)
         if items.device != user.device:
             items = items.to(user.device)
-        mask = items.unsqueeze(0) != pos_item.unsqueeze(1)
+        # Few entries are masked (the rows' own positives and, with exclusion, their training
+        # positives among the N): set those from their positions, not by B x N comparisons.
+        mask = torch.ones(user.shape[0], items.shape[0], dtype=torch.bool, device=items.device)
+        mask[positions_among(items, torch.arange(user.shape[0], device=user.device), pos_item)] = False
         if self.positives is not None:
-            mask &= ~self.positives.contains_cols(user, items)
+            mask[self.positives.cols_of(user, items)] = False
         return NegativeBatch(items.unsqueeze(0).expand(user.shape[0], -1), None, mask)
