@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scale import GOWALLA, MF  # noqa: E402
+from bench_scale import GOWALLA, MF, load  # noqa: E402
 from common import header, plugin_run, recbole_run  # noqa: E402
 
 RUNS = {
@@ -32,18 +32,6 @@ RUNS = {
     "RecBole BPR, lr 5e-3": ("recbole", {"learning_rate": 5e-3}),
     "MF+SL N=256, lr 1e-3": ("plugin", {"learning_rate": 1e-3, "rec_loss": "SL", "neg_num": 256}),
 }
-
-
-def load(path: Path) -> list:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
 
 
 def run_one(name, args, path: Path):

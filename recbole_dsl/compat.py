@@ -100,3 +100,17 @@ def tune_cpu_malloc() -> bool:
     ok = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
     _malloc_tuned = ok
     return ok
+
+
+@contextlib.contextmanager
+def keep_anomaly_mode():
+    """Undo what importing RecBole's sequential models does to autograd: sine.py calls
+    torch.autograd.set_detect_anomaly(True) at module level, and RecBole's model lookup imports it
+    for any name it does not find among the general models (its Config looks the model up too).
+    Anomaly detection then checks every backward of the process for NaN, several times slower."""
+    before = torch.is_anomaly_enabled()
+    try:
+        yield
+    finally:
+        if torch.is_anomaly_enabled() != before:
+            torch.autograd.set_detect_anomaly(before)

@@ -16,6 +16,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_dsl.adapters import ADAPTERS, REFUSED
+from recbole_dsl.compat import keep_anomaly_mode
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.protocols.metrics import register_metrics
@@ -66,7 +67,8 @@ class Config(RecBoleConfig):
         # PopGroupNDCG / PopGroupRecall must be in RecBole's metric registry before its Config
         # checks the metric names.
         register_metrics()
-        super().__init__(model, dataset, config_file_list, config_dict)
+        with keep_anomaly_mode():
+            super().__init__(model, dataset, config_file_list, config_dict)
         self._parse_plugin()
 
     def __setitem__(self, key, value):

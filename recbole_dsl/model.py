@@ -18,7 +18,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import get_model as recbole_get_model
 
 from recbole_dsl.adapters import ADAPTERS
-from recbole_dsl.compat import graph_compat
+from recbole_dsl.compat import graph_compat, keep_anomaly_mode
 from recbole_dsl.losses import LossContext
 from recbole_dsl.samplers import sampler_for_run
 from recbole_dsl.settings import plugin_settings
@@ -107,7 +107,8 @@ def _plugin_class(base):
 
 def get_model(model_name: str):
     """RecBole's get_model, returning the plugin subclass for general recommenders."""
-    base = recbole_get_model(model_name)
+    with keep_anomaly_mode():
+        base = recbole_get_model(model_name)
     if not (isinstance(base, type) and issubclass(base, GeneralRecommender)):
         return base
     return _plugin_class(base)

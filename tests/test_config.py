@@ -127,3 +127,20 @@ def test_cpu_malloc_tuning_sets_glibcs_thresholds(monkeypatch):
     monkeypatch.setattr(compat, "_malloc_tuned", False)
     monkeypatch.setattr(compat.sys, "platform", "darwin")
     assert compat.tune_cpu_malloc() is False and calls == []  # no glibc: nothing is called
+
+def test_recbole_sequential_import_does_not_leave_anomaly_detection_on():
+    # RecBole's sine.py turns autograd's anomaly detection on when its sequential models are
+    # imported, which a lookup of a non-general model name does; the plugin puts it back.
+    import sys
+
+    import torch
+
+    from recbole_dsl import get_model
+
+    torch.autograd.set_detect_anomaly(False)
+    for name in [m for m in sys.modules if m.startswith("recbole.model.sequential_recommender")]:
+        del sys.modules[name]  # so that the lookups below import sine.py again
+    with pytest.raises(ConfigError):
+        cfg(model="SASRec", rec_loss="SL")
+    get_model("SASRec")
+    assert not torch.is_anomaly_enabled()
