@@ -3,9 +3,9 @@
 Two ways to get the scores of B rows against their N negatives:
 - "full": one matrix product of the batch against the whole catalogue, then pick columns.
   Costs B * n_items * d in one dense GEMM, which CPUs and GPUs run near peak.
-- "gather": gather the B * N negative representations and take B small dot products.
-  Costs B * N * d but through a memory-bound gather; it wins only when N is much smaller
-  than the catalogue.
+- "gather": only the B * N (row, negative) products, by a sampled dense-dense product and
+  weighted bag sums (no [B, N, d] block is built). Costs B * N * d, memory-bound; it wins once
+  the catalogue is about ten times N or larger.
 `choose_score_path` decides from the sizes so users never have to.
 
 A third case needs no choice: negatives shared by every row (the `shared` and `in_batch`
@@ -31,11 +31,10 @@ SCORE_FNS = ("cosine", "dot")
 PAIR_SCORE_FNS = ("tanh", "logit")
 SCORE_PATHS = ("auto", "full", "gather")
 
-# "full" is chosen while n_items <= FULL_PATH_RATIO * N. A dense GEMM element costs about a
-# hundredth of a gathered-and-scattered one on CPU (benchmarks/bench_speed.py, score-path rows),
-# so the matrix product over the whole catalogue wins far past n_items == N. Re-measured with
-# backward (BENCHMARKS.md, "Samplers and score paths"): break-even at n_items / N of about 64 (20k items) to
-# 80 (100k items) on a 2-core Xeon.
+# "full" is chosen while n_items <= FULL_PATH_RATIO * N. With the sampled-product gather path,
+# SL forward + backward at B = 2048, d = 64 broke even between n_items / N of 10 (full faster at
+# 10k items, N = 1000) and 15 (gather faster at 3.7k items, N = 256); measured on a loaded 2-core
+# EPYC (BENCHMARKS.md, Scale). The old gather of [B, N, d] blocks broke even at about 64.
 FULL_PATH_RATIO = 10.0
 
 
@@ -204,7 +203,6 @@ def prepare(x: Tensor, score_fn: str) -> Tensor:
     return normalize(x) if score_fn == "cosine" else x
 
 
-_prep = prepare
 
 
 def mix_affinity(item_sim: Optional[Tensor], neg: Tensor, alpha: Optional[float]) -> Optional[Tensor]:
@@ -298,9 +296,9 @@ def batch_scores(
 
 def all_item_scores(user_e: Tensor, item_table: Tensor, score_fn: str = "cosine") -> Tensor:
     """[B, n_items] scores for full-sort evaluation, with the same score function as training."""
-    return _prep(user_e, score_fn) @ _prep(item_table, score_fn).t()
+    return prepare(user_e, score_fn) @ prepare(item_table, score_fn).t()
 
 
 def pair_scores(user_e: Tensor, item_e: Tensor, score_fn: str = "cosine") -> Tensor:
     """[B] scores of aligned (user, item) pairs, for RecBole's sampled evaluation (predict)."""
-    return (_prep(user_e, score_fn) * _prep(item_e, score_fn)).sum(-1)
+    return (prepare(user_e, score_fn) * prepare(item_e, score_fn)).sum(-1)

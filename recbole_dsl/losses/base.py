@@ -144,13 +144,6 @@ def masked_logsumexp(x: Tensor, mask: Optional[Tensor], dim: int = 1) -> Tensor:
     return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=dim)
 
 
-def masked_lme(x: Tensor, mask: Optional[Tensor], dim: int = 1) -> Tensor:
-    """log-mean-exp over the valid entries (the mean divides by the number of valid entries)."""
-    if mask is None:
-        return lme(x, dim=dim)
-    return masked_logsumexp(x, mask, dim) - torch.log(mask.sum(dim=dim).to(x.dtype))
-
-
 def masked_mean(x: Tensor, mask: Optional[Tensor], dim: int = 1) -> Tensor:
     if mask is None:
         return x.mean(dim=dim)
