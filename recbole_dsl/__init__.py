@@ -2,7 +2,8 @@
 
 Set `rec_loss` (and a few keys of properties/) in a RecBole YAML file; see README.md.
 """
-from recbole_dsl.errors import ConfigError
+from recbole_dsl.errors import ConfigError, TrainingDiverged
+from recbole_dsl.checkpoint import UnsafeCheckpointError
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.samplers import SAMPLERS
 from recbole_dsl.adapters import ADAPTERS
@@ -13,7 +14,7 @@ from recbole_dsl.quick_start import run_recbole_dsl
 from recbole_dsl.inference import load_data_and_model
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "LOSSES", "SAMPLERS", "ADAPTERS", "Config", "get_model", "get_trainer", "run_recbole_dsl",
+__all__ = ["ConfigError", "TrainingDiverged", "UnsafeCheckpointError", "LOSSES", "SAMPLERS", "ADAPTERS", "Config", "get_model", "get_trainer", "run_recbole_dsl",
            "load_data_and_model", "run_tune"]
 
 

@@ -10,7 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-from recbole_dsl.errors import ConfigError
+from recbole_dsl.checkpoint import UnsafeCheckpointError
+from recbole_dsl.errors import ConfigError, TrainingDiverged
 from recbole_dsl.tune.runner import SCHEDULERS, SEARCH_ALGS, run_tune
 
 # run_tune's defaults, which are the command line's too.
@@ -111,6 +112,12 @@ def parse(argv):
     p.add_argument("--dataset", "-d", default=None,
                    help="dataset name (default: the config files' `dataset`, else the bundled ml-100k)")
     p.add_argument("--config_files", default=None, help="space-separated YAML files, later ones win")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue training from this checkpoint (e.g. the -interrupted.pth a Ctrl+C left), "
+                        "with the same settings as the run that wrote it")
+    p.add_argument("--trust_checkpoint", action="store_true",
+                   help="unpickle whole checkpoint files (only files from someone you trust); by default "
+                        "only what RecBole and plugin checkpoints hold is read")
     g = p.add_argument_group("search with Ray Tune (docs/tuning.md)")
     for option in TUNE_OPTIONS:
         option.add_to(g)
@@ -122,6 +129,10 @@ def parse(argv):
         used = [o.flag for o in TUNE_OPTIONS if not o.starts_search and o.given(args)]
         if used:
             p.error(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} --tune=SPACE.yaml (or --tune_resume=FOLDER)")
+    if searching(args) and args.resume:
+        p.error("--resume continues one run; a search continues with --tune_resume=FOLDER")
+    if args.trust_checkpoint:
+        rest = rest + ["--trust_checkpoint=True"]
     files = args.config_files.strip().split(" ") if args.config_files else None
     return args, files, rest
 
@@ -133,6 +144,24 @@ def _tune(args, files, rest) -> int:
     if result.interrupted:
         return 130
     return 0 if result.best else 1
+
+
+def _resume_hint(argv) -> str:
+    """How to continue the interrupted run: its command line with --resume at the saved state."""
+    from recbole_dsl.trainer import RecLossTrainer
+
+    path = RecLossTrainer.last_interrupted_checkpoint
+    if path is None:
+        return " (nothing was saved)"
+    kept, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--resume="):
+            skip = False
+            continue
+        skip = a == "--resume"
+        if not skip:
+            kept.append(a)
+    return f"; the state reached is in {path}. Continue with: run_recbole_dsl.py {' '.join(kept + ['--resume=' + path])}"
 
 
 def main(argv=None) -> int:
@@ -158,10 +187,17 @@ def main(argv=None) -> int:
 
         model = args.model or key_from_sources("model", files, None, rest, "BPR")
         dataset = args.dataset or key_from_sources("dataset", files, None, rest, "ml-100k")
-        result = run_recbole_dsl(model=model, dataset=dataset, config_file_list=files, cmd_args=rest)
-    except (ConfigError, FileNotFoundError) as e:
+        result = run_recbole_dsl(model=model, dataset=dataset, config_file_list=files, cmd_args=rest,
+                                 resume_file=args.resume)
+    except (ConfigError, FileNotFoundError, UnsafeCheckpointError) as e:
         print(f"run_recbole_dsl: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"run_recbole_dsl: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("run_recbole_dsl: interrupted" + _resume_hint(argv), file=sys.stderr)
+        return 130
     for split, res in (("valid", result["best_valid_result"]), ("test", result["test_result"])):
         shown = ", ".join(f"{k}: {v:.4f}" for k, v in (res or {}).items())
         print(f"{split}: {shown}")

@@ -6,29 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 
 import scipy.sparse as sp
 import torch
-
-
-def load_checkpoint(path, map_location=None) -> dict:
-    """Load a RecBole checkpoint on torch >= 2.6.
-
-    RecBole pickles its Config object into every checkpoint, which torch's weights_only loader
-    (the default since 2.6) refuses. Only files the trainer wrote itself or the user names
-    reach this function, so full unpickling is the intended trust level; we still refuse
-    anything that is not a RecBole checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-        raise ValueError(
-            f"{str(path)!r} is not a RecBole checkpoint (expected a dict with 'config' and 'state_dict')"
-        )
-    return ckpt
 
 
 class _DokMatrix(sp.dok_matrix):

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite (a ValueError, as RecBole's own NaN check raises)."""

@@ -3,14 +3,14 @@
 RecBole's own `recbole.quick_start.load_data_and_model` fails on torch >= 2.6 (torch.load's
 `weights_only` default refuses the Config object RecBole pickles into every checkpoint), and for
 LightGCN-style graph models also on scipy >= 1.13. This one reads the checkpoint through
-`recbole_dsl.compat.load_checkpoint` and rebuilds the model through the plugin's `get_model`,
+`recbole_dsl.checkpoint.load_checkpoint` and rebuilds the model through the plugin's `get_model`,
 so a model trained with `rec_loss` comes back with its loss path and its score function
 (`score_fn` / `eval_score_fn`), and `full_sort_topk` ranks exactly as before saving.
 Checkpoints written by plain RecBole load too (they have no `rec_loss`: the model is RecBole's).
 
 Only the one file the caller names is read: no directory scan, no "latest checkpoint" search,
-no download. Like RecBole's loader it unpickles the whole file (the Config inside cannot be read
-any other way), so load only checkpoints you or your own runs wrote.
+no download. The file is unpickled through an allow-list of what RecBole and plugin checkpoints
+hold (recbole_dsl/checkpoint.py); anything else is refused unless `trust_checkpoint=True`.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from recbole.config import Config as RecBoleConfig
 
-from recbole_dsl.compat import load_checkpoint
+from recbole_dsl.checkpoint import load_checkpoint
 from recbole_dsl.quick_start import prepare
 
 
-def read_checkpoint(model_file) -> dict:
+def read_checkpoint(model_file, trust: bool = False) -> dict:
     """The checkpoint at `model_file` (tensors on the CPU), or an error saying why it is refused."""
     path = Path(model_file)
     if path.is_dir():
@@ -36,9 +36,9 @@ def read_checkpoint(model_file) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        checkpoint = load_checkpoint(path, map_location="cpu")
+        checkpoint = load_checkpoint(path, map_location="cpu", trust=trust)
     except ValueError:
-        raise  # load_checkpoint's own "is not a RecBole checkpoint" message
+        raise  # load_checkpoint's own messages: not a RecBole checkpoint, or refused (UnsafeCheckpointError)
     except Exception as e:
         raise ValueError(
             f"{str(path)!r} is not a RecBole checkpoint: torch.load cannot read it ({type(e).__name__}: {e})"
@@ -62,13 +62,15 @@ def _device(config, device):
     return saved
 
 
-def load_data_and_model(model_file, device=None):
+def load_data_and_model(model_file, device=None, trust_checkpoint: bool = False):
     """Load the filtered dataset, its split dataloaders and the saved model, like RecBole's function.
 
     Args:
         model_file: path of a checkpoint file written by a RecBole trainer (the plugin's or RecBole's).
         device: where to put the model (e.g. "cpu", "cuda:0"); default: the device it was trained on,
             or the CPU when that is a GPU this machine does not have.
+        trust_checkpoint: unpickle the whole file (only for files from someone you trust); by default
+            only what RecBole and plugin checkpoints hold is read.
 
     Returns:
         (config, model, dataset, train_data, valid_data, test_data), as RecBole's
@@ -80,8 +82,9 @@ def load_data_and_model(model_file, device=None):
             longer where the checkpoint's config says (nothing is downloaded).
         IsADirectoryError: `model_file` is a folder.
         ValueError: the file is not a RecBole checkpoint.
+        UnsafeCheckpointError (a ValueError): the file holds other objects and trust_checkpoint is False.
     """
-    checkpoint = read_checkpoint(model_file)
+    checkpoint = read_checkpoint(model_file, trust=trust_checkpoint)
     config = checkpoint["config"]
     config["device"] = _device(config, device)
     data_dir = config["data_path"]

@@ -48,16 +48,24 @@ def build(model=None, dataset=None, config_file_list=None, config_dict=None,
 
 
 def run_recbole_dsl(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-                    cmd_args: Optional[Sequence[str]] = ()):
+                    cmd_args: Optional[Sequence[str]] = (), resume_file=None):
     """Train and test like recbole.quick_start.run_recbole, with the plugin's losses.
 
     Returns the same dict as RecBole's run_recbole: best_valid_score, valid_score_bigger,
-    best_valid_result, test_result. `cmd_args` are '--key=value' strings; unlike RecBole, the
-    process's own sys.argv is not read unless passed here (the command line does that).
+    best_valid_result, test_result (plus `checkpoint`, the best model's file). `cmd_args` are
+    '--key=value' strings; unlike RecBole, the process's own sys.argv is not read unless passed here
+    (the command line does that). `resume_file`: a checkpoint to continue from (a best-model
+    checkpoint, or the `-interrupted.pth` state a Ctrl+C left); give the same settings as the run
+    that wrote it.
+
+    Raises TrainingDiverged when the loss becomes NaN or infinite, and KeyboardInterrupt on Ctrl+C
+    after saving the state reached (the trainer logs where).
     """
     config, net, trainer, (train_data, valid_data, test_data) = build(
         model, dataset, config_file_list, config_dict, cmd_args
     )
+    if resume_file is not None:
+        trainer.resume_checkpoint(resume_file)
     logger = getLogger()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]

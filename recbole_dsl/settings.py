@@ -89,11 +89,11 @@ class RecLossSettings:
                    tuple(loss_kwargs.items()), tuple(sampler_kwargs.items()))
 
 
-def _switch(cfg, key: str) -> bool:
-    """A True/False key that defaults to True when absent (configs pickled into checkpoints written
+def _switch(cfg, key: str, default: bool = True) -> bool:
+    """A True/False key that reads as `default` when absent (configs pickled into checkpoints written
     before the key existed)."""
     value = cfg[key]
-    return True if value is None else check_bool(key, value)
+    return default if value is None else check_bool(key, value)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,8 @@ class PluginSettings:
 
     protocols: ProtocolSettings
     rec: Optional[RecLossSettings] = None
+    trust_checkpoint: bool = False
+    strict_keys: bool = False
 
     @classmethod
     def from_config(cls, cfg) -> "PluginSettings":
@@ -112,7 +114,10 @@ class PluginSettings:
                               hint="false negatives are drawn by the plugin's negative sampler, which runs with "
                                    "rec_loss set")
         rec = None if cfg["rec_loss"] is None else RecLossSettings.from_config(cfg, protocols)
-        return cls(protocols, rec)
+        # absent (False) in configs pickled into checkpoints written before the keys existed
+        trust = _switch(cfg, "trust_checkpoint", default=False)
+        strict = _switch(cfg, "strict_keys", default=False)
+        return cls(protocols, rec, trust, strict)
 
 
 def plugin_settings(config) -> PluginSettings:

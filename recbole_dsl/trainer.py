@@ -1,7 +1,12 @@
 """The trainer side: RecBole's trainer for the model (Trainer, NCLTrainer, ...) with the plugin's fixes.
 
 Only the smallest hooks are overridden, each calling RecBole's own code:
-- checkpoints load on torch >= 2.6 (evaluate(load_best_model=True) and resume_checkpoint);
+- checkpoints load on torch >= 2.6 (evaluate(load_best_model=True) and resume_checkpoint), through the
+  allow-listed loader (recbole_dsl.checkpoint; `trust_checkpoint` opts out), and are written atomically;
+- a NaN or infinite loss stops training with TrainingDiverged naming the loss, its temperatures, the
+  epoch and the batch (RecBole's check catches NaN only and names nothing);
+- Ctrl+C during fit() saves the state reached to <checkpoint>-interrupted.pth, from which
+  resume_checkpoint() continues (the interrupted epoch is trained again from that state);
 - checkpoint names are unique per trainer, so parallel runs sharing a folder never collide;
 - the user-grouped batching mode (BSL's bilateral positives) wraps the training loader;
 - the loss's per-batch diagnostics (every 4th batch) are averaged per epoch and logged like RecBole's figures
@@ -18,7 +23,10 @@ import torch
 from recbole.trainer import RecVAETrainer, Trainer
 from recbole.utils import WandbLogger, get_trainer as recbole_get_trainer, set_color
 
-from recbole_dsl.compat import load_checkpoint, tune_cpu_malloc
+from recbole_dsl.checkpoint import load_checkpoint, save_checkpoint
+from recbole_dsl.compat import tune_cpu_malloc
+from recbole_dsl.errors import TrainingDiverged
+from recbole_dsl.losses import LOSSES
 from recbole_dsl.protocols.collector import Collector
 from recbole_dsl.data import UserGroupedTrainDataLoader
 from recbole_dsl.settings import plugin_settings
@@ -42,6 +50,9 @@ class RecLossWandbLogger(WandbLogger):
 
 
 class RecLossTrainer(Trainer):
+    # The file the latest interrupted fit() of this process saved (for the command line's message).
+    last_interrupted_checkpoint = None
+
     def __init__(self, config, model):
         super().__init__(config, model)
         # RecBole's collector crashes with its own popularity metrics (ItemCoverage, ...) and lacks
@@ -54,8 +65,14 @@ class RecLossTrainer(Trainer):
         # second (parallel trials) would overwrite each other.
         root, ext = os.path.splitext(self.saved_model_file)
         self.saved_model_file = f"{root}-{uuid.uuid4().hex[:8]}{ext}"
+        settings = plugin_settings(config)
+        self.trust_checkpoint = settings.trust_checkpoint
+        # (epoch, batch) of the training step in progress, for the divergence and interruption messages.
+        self._position = [self.start_epoch, 0]
+        self._last_saved_epoch = None
+        self.interrupted_checkpoint = None  # where fit() saved the state when it was interrupted
         # The run's checked settings (recbole_dsl.settings); None while rec_loss is unset.
-        self.rec_settings = s = plugin_settings(config).rec
+        self.rec_settings = s = settings.rec
         if s is not None and s.cpu_malloc_tuning and self.device.type == "cpu" and tune_cpu_malloc():
             self.logger.debug("recbole_dsl: glibc malloc keeps freed blocks in the process (cpu_malloc_tuning)")
         if s is not None and s.cpu_flush_denormal and self.device.type == "cpu":
@@ -71,10 +88,80 @@ class RecLossTrainer(Trainer):
         if (s is not None and s.train_batch_mode == "user" and not self.model.rec_adapter.user_batches
                 and not isinstance(train_data, UserGroupedTrainDataLoader)):
             train_data = UserGroupedTrainDataLoader.wrap(train_data, s.positives_per_user)
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        try:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        except KeyboardInterrupt:
+            if saved and (self.config["single_spec"] or self.config["local_rank"] == 0):
+                self._save_interrupted()
+            raise
+
+    def interrupted_file(self) -> str:
+        root, ext = os.path.splitext(self.saved_model_file)
+        return f"{root}-interrupted{ext}"
+
+    def _save_interrupted(self):
+        epoch, batch = self._position
+        state = self._checkpoint_state(epoch - 1)  # resume starts at the interrupted epoch
+        state["interrupted"] = {"epoch": epoch, "batch": batch}
+        # Not in RecBole's checkpoints (its fit() saves before it updates the result): lets the resumed
+        # run report the best validation result of the whole run.
+        state["best_valid_result"] = self.best_valid_result
+        state["best_model_file"] = self.saved_model_file if os.path.isfile(self.saved_model_file) else None
+        path = self.interrupted_file()
+        save_checkpoint(state, path)
+        self.interrupted_checkpoint = RecLossTrainer.last_interrupted_checkpoint = path
+        self.logger.warning(
+            f"Interrupted in epoch {epoch} after {batch} of its batches: the state reached is saved to {path}; "
+            f"continue with resume_checkpoint({path!r}) (command line: --resume={path})"
+        )
+
+    def _checkpoint_state(self, epoch) -> dict:
+        """RecBole's checkpoint contents (Trainer._save_checkpoint)."""
+        return {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        save_checkpoint(self._checkpoint_state(epoch), path)
+        self._last_saved_epoch = epoch
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    def _check_nan(self, loss):
+        # Called by RecBole's training loops once per batch, before the backward pass: the parameters
+        # are still those of the last finite step.
+        self._position[1] += 1
+        if not bool(torch.isfinite(loss)):
+            epoch, batch = self._position
+            raise TrainingDiverged(self._divergence_message(float(loss.detach()), epoch, batch))
+
+    def _divergence_message(self, value, epoch, batch) -> str:
+        s = self.rec_settings
+        if s is None:
+            what = f"{self.config['model']}'s built-in loss"
+        else:
+            keys = LOSSES.get(s.loss).params  # constructor argument -> its YAML key
+            taus = ", ".join(f"{keys.get(k, k)}={v}" for k, v in s.loss_params if "tau" in keys.get(k, k))
+            what = f"rec_loss={s.loss}" + (f" ({taus})" if taus else "")
+        msg = (f"training diverged: the loss of {what} is {value} at epoch {epoch}, batch {batch}; training "
+               f"stopped before this step changed the parameters")
+        if self._last_saved_epoch is not None and os.path.isfile(self.saved_model_file):
+            msg += f". The last good checkpoint (epoch {self._last_saved_epoch}) is {self.saved_model_file}"
+        return msg + ". Try a lower learning_rate" + (" or a higher temperature" if s is not None else "")
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         loss_fn = self.model.rec_loss_fn if self.rec_settings is not None else None
+        if loss_func is None:
+            self._position[:] = [epoch_idx, 0]
         if loss_fn is None or loss_func is not None:
             return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         sums, count, seen = defaultdict(float), 0, 0
@@ -117,11 +204,18 @@ class RecLossTrainer(Trainer):
 
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
-        checkpoint = load_checkpoint(resume_file, map_location=self.device)
-        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, map_location=self.device, trust=self.trust_checkpoint)
+        # An interrupted run's state names the run's best checkpoint: later improvements overwrite that
+        # one, and the final evaluation loads the best model, not the interrupted state.
+        best = checkpoint.get("best_model_file") if "interrupted" in checkpoint else resume_file
+        if best:
+            self.saved_model_file = str(best)
         self.start_epoch = checkpoint["epoch"] + 1
+        self._position = [self.start_epoch, 0]
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
+        if "interrupted" in checkpoint:
+            self.best_valid_result = checkpoint.get("best_valid_result")
         if checkpoint["config"]["model"].lower() != self.config["model"].lower():
             self.logger.warning(
                 "Architecture configuration given in config file is different from that of checkpoint. "
@@ -140,7 +234,7 @@ class RecLossTrainer(Trainer):
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
             checkpoint_file = model_file or self.saved_model_file
-            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device)
+            checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, trust=self.trust_checkpoint)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")

@@ -19,7 +19,8 @@ from recbole.utils import init_seed
 from recbole.utils.case_study import full_sort_topk
 
 from recbole_dsl import Config, get_model, get_trainer, load_data_and_model
-from recbole_dsl.compat import graph_compat, load_checkpoint
+from recbole_dsl.checkpoint import load_checkpoint
+from recbole_dsl.compat import graph_compat
 from recbole_dsl.quick_start import build
 from recbole_dsl.trainer import RecLossTrainer
 
