@@ -2,6 +2,7 @@
 
 Set `rec_loss` (and a few keys of properties/) in a RecBole YAML file; see README.md.
 """
+from recbole_dsl.compat import quiet_recbole_warnings
 from recbole_dsl.errors import ConfigError, TrainingDiverged
 from recbole_dsl.checkpoint import UnsafeCheckpointError
 from recbole_dsl.losses import LOSSES
@@ -12,6 +13,8 @@ from recbole_dsl.model import get_model
 from recbole_dsl.trainer import get_trainer
 from recbole_dsl.quick_start import run_recbole_dsl
 from recbole_dsl.inference import load_data_and_model
+
+quiet_recbole_warnings()
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "TrainingDiverged", "UnsafeCheckpointError", "LOSSES", "SAMPLERS", "ADAPTERS", "Config", "get_model", "get_trainer", "run_recbole_dsl",

@@ -94,3 +94,26 @@ def keep_anomaly_mode():
     finally:
         if torch.is_anomaly_enabled() != before:
             torch.autograd.set_detect_anomaly(before)
+
+
+# Third-party deprecation warnings RecBole 1.2.1 triggers on its current stack in every run, each
+# matched by its message and by the RecBole module it is raised from (the plugin's own warnings and
+# anyone else's still show): pandas' chained-assignment notice (Dataset's fillna), torch.cuda.amp's
+# GradScaler / autocast spelling (Trainer), torch.sparse.FloatTensor (the graph models).
+RECBOLE_NOISE = (
+    (FutureWarning, r"A value is trying to be set on a copy of a DataFrame or Series through chained assignment",
+     r"recbole\.data\."),
+    (FutureWarning, r"`torch\.cuda\.amp\.(GradScaler|autocast)\(args\.\.\.\)` is deprecated", r"recbole\.trainer\."),
+    (UserWarning, r"torch\.sparse\.SparseTensor\(indices, values, shape, \*, device=\) is deprecated",
+     r"recbole\.model\."),
+)
+
+
+def quiet_recbole_warnings() -> None:
+    """Hide RECBOLE_NOISE, unless the user chose warning filters (python -W, PYTHONWARNINGS)."""
+    import warnings
+
+    if sys.warnoptions:
+        return
+    for category, message, module in RECBOLE_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)

@@ -7,8 +7,11 @@ once, into `config.plugin_settings` (recbole_dsl.settings), re-parsed when a key
 """
 from __future__ import annotations
 
+import ast
+import difflib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,6 +21,7 @@ from recbole.utils import ModelType
 from recbole_dsl.adapters import ADAPTERS, REFUSED
 from recbole_dsl.compat import keep_anomaly_mode
 from recbole_dsl.errors import ConfigError
+from recbole_dsl.keys import UnknownKeyWarning, unknown_keys
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.protocols.metrics import register_metrics
 from recbole_dsl.settings import PluginSettings
@@ -51,6 +55,37 @@ def check_model(model_name: str, model_class) -> None:
         )
 
 
+# RecBole's external-library models (their module names), which need a package RecBole does not install.
+_EXLIB = ("lightgbm", "xgboost")
+
+
+def literal_value(text: str):
+    """A command-line / config-dict string as RecBole reads it, without `eval`: a Python literal of
+    the types RecBole keeps (number, str, list, tuple, dict, bool, None), true/false in any case as a
+    bool, anything else as the string itself."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        low = text.lower()
+        return True if low == "true" else False if low == "false" else text
+    if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):
+        return text  # a set, bytes or complex: RecBole keeps the string for types it does not use
+    return value
+
+
+def _closest_models(name: str) -> str:
+    import importlib
+
+    names = set()
+    for sub in ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                "knowledge_aware_recommender"):
+        mod = importlib.import_module(f"recbole.model.{sub}")
+        names |= {n for n in dir(mod) if n[:1].isupper()}
+    close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.5)
+    close += [n for n in sorted(names) if n.lower() == str(name).lower() and n not in close]
+    return f"RecBole has no model {name!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+
+
 class Config(RecBoleConfig):
     """RecBole's Config with the plugin's defaults and checks.
 
@@ -70,13 +105,33 @@ class Config(RecBoleConfig):
         with keep_anomaly_mode():
             super().__init__(model, dataset, config_file_list, config_dict)
         self._parse_plugin()
+        self._check_keys()
 
     def __setitem__(self, key, value):
         super().__setitem__(key, value)
         if self.plugin_settings is not None:  # a key set after parsing: parse (and check) again
             self._parse_plugin()
 
+    def _convert_config_dict(self, config_dict):
+        """Command-line and config-dict strings as Python literals (numbers, lists, True, None, ...).
+
+        RecBole's own conversion runs `eval` on every such string, so `--neg_num=1/0` raised from
+        inside RecBole and any expression ran. A string that is not a literal stays a string (then
+        the key's check names it), as RecBole keeps names it cannot evaluate."""
+        for key, param in config_dict.items():
+            if isinstance(param, str):
+                config_dict[key] = literal_value(param)
+        return config_dict
+
     def _load_cmd_line(self):
+        args = sys.argv[1:] if self._cmd_args is None else self._cmd_args
+        given = {}
+        for arg in args:
+            if isinstance(arg, str) and arg.startswith("--") and len(arg[2:].split("=")) == 2:
+                key, value = arg[2:].split("=")
+                if given.setdefault(key, value) != value:
+                    raise ConfigError(key, [given[key], value], "one value",
+                                      hint=f"--{key} is given twice on the command line")
         if self._cmd_args is None:
             return super()._load_cmd_line()
         saved = sys.argv
@@ -85,6 +140,26 @@ class Config(RecBoleConfig):
             return super()._load_cmd_line()
         finally:
             sys.argv = saved
+
+    def _get_model_and_dataset(self, model, dataset):
+        try:
+            return super()._get_model_and_dataset(model, dataset)
+        except (ValueError, ImportError, AttributeError) as e:
+            name = model if model is not None else self.external_config_dict.get("model")
+            if not isinstance(name, str) or name.lower() in _EXLIB:
+                raise  # an external-library model whose library is missing: RecBole's ImportError says which
+            raise ConfigError("model", name, f"a RecBole model name, e.g. one served with rec_loss: {ADAPTERS.names()}",
+                              hint=_closest_models(name)) from e
+
+    def _check_keys(self):
+        """Warn about (or with strict_keys, refuse) keys neither RecBole nor the plugin knows."""
+        for key, message in unknown_keys(list(self.external_config_dict), self.model, self.model_class,
+                                         properties_dir()):
+            if self.plugin_settings.strict_keys:
+                raise ConfigError(key, self.external_config_dict[key], "a key RecBole or recbole_dsl knows "
+                                  "(strict_keys: True)", hint=message)
+            warnings.warn(UnknownKeyWarning(f"recbole_dsl: {message} (strict_keys: True makes this an error)"),
+                          stacklevel=3)
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
