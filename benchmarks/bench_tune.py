@@ -49,7 +49,7 @@ def main(argv=None):
     import ray
 
     from recbole_dsl.tune import run_tune
-    from recbole_dsl.tune.runner import _init_ray
+    from recbole_dsl.tune.runner import _init_ray, _shutdown_ray
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def main(argv=None):
     }
     chosen = [m.strip() for m in args.modes.split(",") if m.strip()]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    started = _init_ray(None, args.cpus, None, None, verbose=0)
+    session = _init_ray(None, args.cpus, None, None, verbose=0)
     results = {}
     try:
         for mode in chosen:
@@ -98,8 +98,8 @@ def main(argv=None):
             }
             print(f"{mode}: {json.dumps(results[mode])}", flush=True)
     finally:
-        if started:
-            ray.shutdown()
+        if session is not None:
+            _shutdown_ray(session)  # and the processes the local session leaves behind
     meta = {"epochs_per_trial": args.epochs, "neg_num": args.neg_num, "embedding_size": args.embedding_size,
             "cpus": args.cpus, "grid": [0.01, 0.025, 0.05, 0.1, 0.2, 0.5], "model": "BPR (MF)", "loss": "SL",
             "dataset": "ml-100k"}

@@ -2,6 +2,9 @@
 
 End-to-end tests run on a slice of ml-100k (its first users) with tiny models, and always shut
 Ray down (local Ray via ray.shutdown; the two-node cluster by the ids of the processes it started).
+No Ray process outlives a search: run_tune (and so the CLI) returns only once every process of the
+local Ray it started has exited (checked right after each search below), and conftest.py fails any
+test whose Ray processes are still there a few seconds after it.
 """
 import csv
 import dataclasses
@@ -20,6 +23,7 @@ import pytest
 
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.tune import TuneOptions, load_space, run_tune
+from recbole_dsl.tune import processes as rproc
 from recbole_dsl.tune import report as rpt
 from recbole_dsl.tune.runner import _build_setup
 from recbole_dsl.tune.space import SAMPLERS, parse_space
@@ -99,6 +103,13 @@ def ray_tmp():
     shutil.rmtree(d, ignore_errors=True)
     if left:
         pytest.fail(f"the test left Ray processes running: {left}")
+
+
+def assert_no_ray_process(env):
+    """No Ray process carrying `env` (a test's entry, see conftest.py) runs now: no grace period,
+    run_tune's own clean-up must be over when it returns."""
+    left = rproc.ray_processes(env=env)
+    assert not left, "Ray processes outlived the search:\n" + "\n".join(map(str, left))
 
 
 @pytest.fixture
@@ -251,7 +262,7 @@ def test_cli_search_options_need_tune():
 
 
 def test_model_and_dataset_come_from_config_files_when_not_given(tmp_path):
-    from recbole_dsl.tune.runner import key_from_sources
+    from recbole_dsl.sources import key_from_sources
 
     f = tmp_path / "best.yaml"
     f.write_text("model: LightGCN\ndataset: ml-100k\nloss_tau: 0.1\n")
@@ -403,17 +414,161 @@ def test_table_sorts_failed_trials_last():
 
 
 # ----------------------------------------------------------------------------------------------
+# Ray's processes: run_tune stops every process of the local Ray it started, and only those
+
+
+def test_ray_processes_are_recognised_by_their_command_line():
+    site = "/venv/lib/python3.11/site-packages"
+    kinds = {
+        "raylet": [f"{site}/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/ray/s/raylet"],
+        "gcs_server": [f"{site}/ray/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/ray/logs"],
+        "dashboard agent": ["/venv/bin/python", "-u", f"{site}/ray/dashboard/agent.py", "--node-ip-address=1"],
+        "dashboard": ["/venv/bin/python", f"{site}/ray/dashboard/dashboard.py", "--host=127.0.0.1"],
+        "log_monitor": ["/venv/bin/python", "-u", f"{site}/ray/_private/log_monitor.py", "--logs-dir=/x"],
+        "monitor": ["/venv/bin/python", "-u", f"{site}/ray/autoscaler/_private/monitor.py", "--logs-dir=/x"],
+        "runtime_env agent": ["/venv/bin/python", f"{site}/ray/_private/runtime_env/agent/main.py"],
+        "worker": ["ray::IDLE" + " " * 40],
+        "ray_client_server": ["/venv/bin/python", "-m", "ray.util.client.server", "--port=1"],
+    }
+    for kind, argv in kinds.items():
+        assert rproc.ray_kind(argv) == kind, argv
+    assert rproc.ray_kind([f"{site}/ray/_private/workers/default_worker.py", "--node-ip-address=1"]) == "worker"
+    for other in ([sys.executable, "-m", "pytest", "tests/test_tune.py"], [sys.executable, str(CLI[1]), "--tune=SL"],
+                  ["bash", "-c", "ray stop"], []):
+        assert rproc.ray_kind(other) is None, other
+
+
+def _fake_ray_process(started, env_extra, title="ray::IDLE", ignore_term=False):
+    """A process the listing takes for a Ray worker (its command line is ray::...), with
+    `env_extra` in its environment (appended to `started`); with ignore_term, SIGTERM does not end it."""
+    trap = "trap '' TERM; " if ignore_term else ""
+    p = subprocess.Popen(["bash", "-c", f"{trap}exec -a '{title}' sleep 120"], env=dict(os.environ, **env_extra),
+                         stdin=subprocess.DEVNULL)
+    started.append(p)
+    deadline = time.time() + 10
+    while not any(q.pid == p.pid for q in rproc.ray_processes()):  # once bash has exec'd
+        assert time.time() < deadline, "the fake Ray process did not show up"
+        time.sleep(0.02)
+    return p
+
+
+def test_shutdown_stops_the_stragglers_of_its_own_session_only(tmp_path):
+    """Stragglers are found by the session's token or folder; one ignoring SIGTERM is killed;
+    a Ray process of another session (same machine, same user) is left alone."""
+    from recbole_dsl.tune.runner import SESSION_ENV, RaySession, _shutdown_ray
+
+    session = RaySession(local=True, token="123-456", session_dir=str(tmp_path / "session_x"))
+    started = []
+    try:
+        own = _fake_ray_process(started, {SESSION_ENV: "123-456"})
+        deaf = _fake_ray_process(started, {SESSION_ENV: "123-456"}, ignore_term=True)
+        named = _fake_ray_process(started, {}, title=f"ray::IDLE --log_dir={tmp_path / 'session_x'}/logs")
+        other = _fake_ray_process(started, {SESSION_ENV: "123-4567"})  # another session's token
+        near = _fake_ray_process(started, {}, title=f"ray::IDLE --log_dir={tmp_path / 'session_xy'}/logs")
+        assert {q.pid for q in session.live_processes()} == {own.pid, deaf.pid, named.pid}
+        t0 = time.time()
+        _shutdown_ray(session)
+        assert time.time() - t0 < 10
+        for p in (own, deaf, named):
+            assert p.wait(timeout=5) is not None
+        assert own.returncode == -signal.SIGTERM and deaf.returncode == -signal.SIGKILL
+        assert other.poll() is None and near.poll() is None  # not this session's: untouched
+        assert RaySession(local=False).live_processes() == []  # a cluster joined by address: nothing is ours
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
+
+
+def test_ray_init_drawing_a_port_twice_is_retried_once(monkeypatch):
+    """Ray 2.6 can draw its fixed dashboard-agent port for another component and then refuse to
+    start (seen in this suite); a second ray.init draws again. Any other failure is raised."""
+    import ray
+
+    from recbole_dsl.tune.runner import SESSION_ENV, _init_ray
+
+    clash = ValueError("Ray component metrics_export is trying to use a port number 52365 that is used by "
+                       "other components.\nPort information: {...}")
+    calls = []
+
+    def fake_init(**kw):
+        calls.append(os.environ.get(SESSION_ENV))
+        if len(calls) == 1 or fail_again:
+            raise clash
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    fail_again = False
+    session = _init_ray(None, 1, None, None, verbose=0)
+    assert len(calls) == 2 and calls[0] == calls[1] == session.token and session.local
+    assert SESSION_ENV not in os.environ
+    calls.clear()
+    fail_again = True
+    with pytest.raises(ValueError, match="used by other components"):
+        _init_ray(None, 1, None, None, verbose=0)
+    assert len(calls) == 2  # once retried, not more
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(1) or (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(RuntimeError, match="no"):
+        _init_ray(None, 1, None, None, verbose=0)
+    assert calls == [1]
+
+
+@pytest.mark.slow
+def test_a_local_ray_session_leaves_no_process(ray_tmp, no_ray_process_left):
+    """The listing sees a real local Ray (the raylet's children too), and _shutdown_ray returns
+    only when all of them are gone; ray.shutdown() alone leaves the raylet's dashboard agent
+    running a few seconds, orphaned."""
+    import ray
+
+    from recbole_dsl.tune.runner import SESSION_ENV, _init_ray, _shutdown_ray
+
+    session = _init_ray(None, 1, None, ray_tmp, verbose=0)
+    try:
+        assert session.local and session.session_dir.startswith(ray_tmp)
+        assert SESSION_ENV not in os.environ  # set only while Ray starts
+        worker_pid = ray.get(ray.remote(lambda: os.getpid()).remote())
+        running = session.live_processes()
+        kinds = {p.kind for p in running}
+        assert {"gcs_server", "raylet", "dashboard agent", "worker"} <= kinds, running
+        assert worker_pid in {p.pid for p in running}
+        # the test's own mark finds the same processes (conftest.py relies on it)
+        assert {p.pid for p in rproc.ray_processes(env=no_ray_process_left)} >= {p.pid for p in running}
+    finally:
+        _shutdown_ray(session)
+    assert not ray.is_initialized()
+    assert [p for p in running if rproc.alive(p)] == []
+    assert_no_ray_process(no_ray_process_left)
+
+
+@pytest.mark.slow
+def test_cli_search_failing_after_ray_started_leaves_no_process(slice_root, tmp_path, ray_tmp, no_ray_process_left):
+    """A search that stops with an error once its Ray runs (here: resuming a folder Ray saved
+    nothing in) exits 2 and leaves no Ray process behind either."""
+    from recbole_dsl.tune.runner import _new_search
+
+    space = {"rec_loss": "SL", "loss_tau": {"grid_search": [0.1]}}
+    exp, _, _ = _new_search(space, TuneOptions(storage_path=tmp_path, name="empty"), None, "ml-slice", None,
+                            dict(TRIAL, data_path=str(slice_root)), [], True)
+    r = run_cli(f"--tune_resume={exp}", "--tune_verbose=0", env={"RAY_TMPDIR": ray_tmp})
+    assert r.returncode == 2 and "no experiment state found" in r.stderr, r.stdout[-2000:] + r.stderr[-3000:]
+    assert list(Path(ray_tmp).rglob("raylet.out")), "Ray did not start"  # the error came after Ray had started
+    assert_no_ray_process(no_ray_process_left)
+
+
+# ----------------------------------------------------------------------------------------------
 # end to end
 
 
 @pytest.mark.slow
-def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_root, tmp_path, ray_tmp):
+def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_root, tmp_path, ray_tmp, no_ray_process_left):
     space = tmp_path / "sl.yaml"
     space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.05, 0.2, 0.5]}\n")
     res = tmp_path / "res"
     r = run_cli(f"--tune={space}", *cli_args(slice_root), f"--tune_dir={res}", "--tune_name=grid",
                 "--tune_cpus=1", "--tune_max_concurrent=2", "--tune_verbose=1", env={"RAY_TMPDIR": ray_tmp})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_no_ray_process(no_ray_process_left)
     exp = res / "grid"
     # Ray's live status table, then the sorted summary
     assert "Trial status:" in r.stdout and "TERMINATED" in r.stdout
@@ -448,7 +603,7 @@ def test_grid_search_end_to_end_and_best_config_runs_in_the_cli(slice_root, tmp_
 
 
 @pytest.mark.slow
-def test_asha_stops_trials_early(slice_root, tmp_path, ray_tmp, no_ray_left):
+def test_asha_stops_trials_early(slice_root, tmp_path, ray_tmp, no_ray_left, no_ray_process_left):
     # One trial at a time; ASHA runs the grid in a seeded shuffled order (here 0.2, 0.001, 0.002), and
     # must stop the temperatures that lag behind 0.2 at its rungs.
     space = {"rec_loss": "SL", "loss_tau": {"grid_search": [0.2, 0.002, 0.001]}}
@@ -456,6 +611,7 @@ def test_asha_stops_trials_early(slice_root, tmp_path, ray_tmp, no_ray_left):
                       scheduler="asha", grace_period=1, reduction_factor=2, max_concurrent_trials=1,
                       storage_path=tmp_path, name="asha", num_cpus=2, ray_temp_dir=ray_tmp, verbose=0,
                       test_best=False)
+    assert_no_ray_process(no_ray_process_left)
     rows = {r["loss_tau"]: r for r in result.rows}
     assert rows[0.2]["status"] == "finished" and rows[0.2]["epochs"] == 4
     stopped = [r for r in result.rows if r["status"] == "stopped early"]
@@ -466,12 +622,13 @@ def test_asha_stops_trials_early(slice_root, tmp_path, ray_tmp, no_ray_left):
 
 
 @pytest.mark.slow
-def test_failing_trial_is_reported_and_the_search_goes_on(slice_root, tmp_path, ray_tmp, no_ray_left):
+def test_failing_trial_is_reported_and_the_search_goes_on(slice_root, tmp_path, ray_tmp, no_ray_left, no_ray_process_left):
     # neg_num=5000 passes the up-front checks (>= 1) but the slice has ~1400 items: the sampler
     # refuses it once the dataset is loaded, inside the trial.
     space = {"rec_loss": "SL", "loss_tau": 0.2, "neg_num": {"grid_search": [16, 5000]}}
     result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_root), epochs=1),
                       storage_path=tmp_path, name="fail", num_cpus=2, ray_temp_dir=ray_tmp, verbose=0)
+    assert_no_ray_process(no_ray_process_left)
     assert result.num_errors == 1
     bad = next(r for r in result.rows if r["neg_num"] == 5000)
     assert bad["status"] == "error" and "neg_num=5000" in bad["error"] and "number of items" in bad["error"]
@@ -483,11 +640,12 @@ def test_failing_trial_is_reported_and_the_search_goes_on(slice_root, tmp_path, 
 
 
 @pytest.mark.slow
-def test_optuna_search_through_ray_tune(slice_root, tmp_path, ray_tmp, no_ray_left):
+def test_optuna_search_through_ray_tune(slice_root, tmp_path, ray_tmp, no_ray_left, no_ray_process_left):
     space = {"rec_loss": "SL", "loss_tau": {"loguniform": [0.02, 0.5]}, "neg_num": {"grid_search": [16, 32]}}
     result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_root), epochs=1),
                       search_alg="optuna", num_samples=2, storage_path=tmp_path, name="optuna", num_cpus=2,
                       ray_temp_dir=ray_tmp, verbose=0, test_best=False)
+    assert_no_ray_process(no_ray_process_left)
     assert len(result.rows) == 2 and result.num_errors == 0, result.summary
     taus = [r["loss_tau"] for r in result.rows]
     assert all(0.02 <= t <= 0.5 for t in taus) and len(set(taus)) == 2, result.summary
@@ -505,7 +663,7 @@ def _done_trials(exp: Path):
 
 
 @pytest.mark.slow
-def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, tmp_path, ray_tmp):
+def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, tmp_path, ray_tmp, no_ray_process_left):
     space = tmp_path / "sl.yaml"
     space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, 0.2, 0.4]}\n")
     res = tmp_path / "res"
@@ -515,8 +673,12 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, 
                                 "--tune_max_concurrent=1", "--tune_verbose=0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, stdin=subprocess.DEVNULL)
     try:
+        # Interrupt once a trial has finished: its last report is not enough (Ray marks it done a
+        # moment later, and saves it as unfinished if interrupted in between); one trial at a time,
+        # the next trial's folder appears only after Ray has marked the first one done.
         deadline = time.time() + 180
-        while not _done_trials(exp) and time.time() < deadline and p.poll() is None:
+        while not (_done_trials(exp) and len(list(exp.glob("recbole_trial_*"))) >= 2) \
+                and time.time() < deadline and p.poll() is None:
             time.sleep(0.2)
         assert p.poll() is None, "the search ended before it could be interrupted"
         p.send_signal(signal.SIGINT)  # Ctrl+C: Ray Tune saves the experiment state and stops
@@ -526,6 +688,7 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, 
             p.kill()
             p.communicate()
     assert p.returncode == 130, out[-2000:] + err[-3000:]
+    assert_no_ray_process(no_ray_process_left)  # interrupted, it still stopped its Ray
     assert "--tune_resume=" in out
     first = {r["trial_id"]: r for r in read_csv(exp / "trials.csv")}
     finished = {t for t, r in first.items() if r["status"] == "finished"}
@@ -534,6 +697,7 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, 
 
     r = run_cli(f"--tune_resume={exp}", "--tune_verbose=0", "--tune_no_test", env={"RAY_TMPDIR": ray_tmp})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert_no_ray_process(no_ray_process_left)
     rows = {x["trial_id"]: x for x in read_csv(exp / "trials.csv")}
     assert set(first) <= set(rows) and len(rows) == 3  # the grid's last point is created on resume
     assert all(x["status"] == "finished" for x in rows.values())
@@ -596,7 +760,7 @@ def _stop_session(sid, grace=10):
 
 
 @pytest.mark.slow
-def test_search_on_a_two_node_ray_cluster(slice_root, tmp_path, ray_tmp):
+def test_search_on_a_two_node_ray_cluster(slice_root, tmp_path, ray_tmp, no_ray_process_left):
     """A Ray head and a second Ray node on this machine, 1 CPU each; the search joins with the
     address option and its trials run on both nodes. Both nodes are shut down by the ids of the
     processes they started (not `ray stop`, which would stop every Ray on the machine)."""
@@ -616,13 +780,16 @@ def test_search_on_a_two_node_ray_cluster(slice_root, tmp_path, ray_tmp):
         space = tmp_path / "sl.yaml"
         space.write_text("rec_loss: SL\nloss_tau: {grid_search: [0.1, 0.2]}\n")
         res = tmp_path / "res"
+        cluster = [p for p in rproc.ray_processes(env=no_ray_process_left) if p.kind in ("raylet", "gcs_server")]
+        assert len(cluster) == 3  # a raylet per node, the head's GCS
         # two 1-CPU trials on two 1-CPU nodes start together: one lands on each node
         r = run_cli(f"--tune={space}", *cli_args(slice_root, epochs=1), f"--tune_dir={res}", "--tune_name=cluster",
                     f"--tune_address=127.0.0.1:{port}", "--tune_verbose=0", "--tune_no_test",
                     env={"RAY_TMPDIR": ray_tmp})
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert all(rproc.alive(p) for p in cluster)  # a cluster the search joined is left running
         rows = read_csv(res / "cluster" / "trials.csv")
-        assert len(rows) == 2 and all(x["status"] == "finished" for x in rows)
+        assert len(rows) == 2 and all(x["status"] == "finished" for x in rows), [(x["status"], x["error"]) for x in rows]
         assert len({x["node"] for x in rows}) == 2  # trials ran on both nodes
         assert (res / "cluster" / "best_config.yaml").exists()
     finally:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from recbole_dsl.errors import ConfigError
+from recbole_dsl.sources import key_from_sources
+from recbole_dsl.tune import processes
 from recbole_dsl.tune import report as rpt
 from recbole_dsl.tune.space import (
     SPACE_OPTIONS, SearchSpace, load_space, parse_space, preserved_env, validate_space,
@@ -31,6 +33,8 @@ SCHEDULERS = ("fifo", "asha")
 SETUP_FILE = "recbole_dsl_tune.pkl"
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
 DEFAULT_STORAGE = "ray_results"
+# Set while run_tune starts a local Ray: every process of that session inherits it (processes.py).
+SESSION_ENV = "RECBOLE_DSL_RAY_SESSION"
 # Defaults of the options a space's tune_options may also set (num_samples depends on search_alg).
 SPACE_OPTION_DEFAULTS = {"search_alg": "grid", "scheduler": "fifo", "grace_period": 5, "reduction_factor": 2}
 # The options SETUP_FILE keeps, so that a resume runs the search it continues.
@@ -228,26 +232,6 @@ def _abs_data_path(cfg: Dict[str, Any]) -> None:
         cfg["data_path"] = os.path.abspath(dp)
 
 
-def key_from_sources(key: str, config_file_list=None, config_dict=None, cmd_args=(), default=None):
-    """`model` or `dataset` as RecBole would read it from files, dict and command line, else `default`."""
-    from recbole_dsl.tune.space import load_yaml
-
-    value = None
-    for f in config_file_list or []:
-        try:
-            d = load_yaml(f) or {}
-        except Exception:  # noqa: BLE001
-            continue  # RecBole's Config reports unreadable files itself
-        if isinstance(d, Mapping) and d.get(key) is not None:
-            value = d[key]
-    if config_dict and config_dict.get(key) is not None:
-        value = config_dict[key]
-    for a in cmd_args or ():
-        if a.startswith(f"--{key}="):
-            value = a.split("=", 1)[1]
-    return default if value in (None, "") else value
-
-
 def _build_setup(sp: SearchSpace, model, dataset, config_file_list, config_dict, cmd_args,
                  quick_start_defaults: bool) -> Dict[str, Any]:
     """What every trial needs, as plain picklable data; building the base Config and checking
@@ -381,29 +365,88 @@ def _pythonpath_env() -> Dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
 
 
+@dataclass(frozen=True)
+class RaySession:
+    """The Ray run_tune connected to (address) or started (local): what it shuts down after the search."""
+
+    local: bool
+    token: Optional[str] = None         # SESSION_ENV's value in the environment of its processes
+    session_dir: Optional[str] = None   # Ray's folder of the session (logs, sockets)
+
+    def live_processes(self) -> List[processes.RayProcess]:
+        """The live processes of this local session (none for a cluster joined by address)."""
+        if not self.local:
+            return []
+        return processes.ray_processes(env=f"{SESSION_ENV}={self.token}", folder=self.session_dir)
+
+
+def _session_dir() -> Optional[str]:
+    try:
+        import ray
+
+        return ray._private.worker._global_node.get_session_dir_path()
+    except Exception:  # noqa: BLE001 - private API: the environment token still names the processes
+        return None
+
+
 def _init_ray(address: Optional[str], num_cpus: Optional[int], num_gpus: Optional[float],
-              temp_dir: Optional[str], verbose: int) -> bool:
-    """Start (or connect to) Ray; True when this call started it and should shut it down."""
+              temp_dir: Optional[str], verbose: int) -> Optional[RaySession]:
+    """Start (or connect to) Ray; the session to give to _shutdown_ray, or None when Ray was
+    already initialised (whoever did it shuts it down)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     kw = dict(log_to_driver=verbose >= 2, runtime_env={"env_vars": _pythonpath_env()},
               logging_level=logging.WARNING if verbose < 2 else logging.INFO)
-    with preserved_env("CUDA_VISIBLE_DEVICES", MEMORY_MONITOR):
+    with preserved_env("CUDA_VISIBLE_DEVICES", MEMORY_MONITOR, SESSION_ENV):
         if address:
             ray.init(address=address, **kw)
-        else:
-            # Ray's memory monitor kills a worker when the node passes 95% memory (whoever uses
-            # it), and Ray Tune 2.6 then aborts the whole search instead of failing one trial
-            # (OutOfMemoryError is neither a task nor an actor error to it). The local Ray we
-            # start leaves out-of-memory to the kernel, unless the user set the variable.
-            os.environ.setdefault(MEMORY_MONITOR, "0")
-            # address="local": a new local instance even when RAY_ADDRESS or a (possibly stale)
-            # /tmp/ray/ray_current_cluster names another cluster; joining one is --tune_address's job.
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     _temp_dir=temp_dir, **kw)
-    return True
+            return RaySession(local=False)
+        # Ray's memory monitor kills a worker when the node passes 95% memory (whoever uses
+        # it), and Ray Tune 2.6 then aborts the whole search instead of failing one trial
+        # (OutOfMemoryError is neither a task nor an actor error to it). The local Ray we
+        # start leaves out-of-memory to the kernel, unless the user set the variable.
+        os.environ.setdefault(MEMORY_MONITOR, "0")
+        session = RaySession(local=True, token=f"{os.getpid()}-{time.time_ns()}")
+        os.environ[SESSION_ENV] = session.token
+        for attempt in range(2):
+            try:
+                # address="local": a new local instance even when RAY_ADDRESS or a (possibly stale)
+                # /tmp/ray/ray_current_cluster names another cluster; joining one is --tune_address's job.
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                         _temp_dir=temp_dir, **kw)
+                break
+            except BaseException as e:
+                _shutdown_ray(session)  # what a half-started Ray had started
+                if attempt == 0 and _port_clash(e):
+                    log.info("ray.init picked one port twice; starting it again: %s", str(e).splitlines()[0])
+                    continue
+                raise
+    return dataclasses.replace(session, session_dir=_session_dir())
+
+
+def _port_clash(e: BaseException) -> bool:
+    """Ray 2.6 draws some ports at random without avoiding its fixed defaults (e.g. its metrics
+    export port can draw 52365, the dashboard agent's HTTP port) and then refuses the clash:
+    a new draw, a second ray.init, does not clash."""
+    return isinstance(e, ValueError) and "used by other components" in str(e)
+
+
+def _shutdown_ray(session: RaySession) -> None:
+    """ray.shutdown(), then, for a local Ray, wait for every process of its session to exit and
+    stop the stragglers: ray.shutdown stops only the processes ray.init started itself, and the
+    raylet's own children (the dashboard agent, the workers) go a few seconds later, orphaned."""
+    import ray
+
+    running = session.live_processes()  # while the raylet lives, its children are easy to name
+    try:
+        ray.shutdown()
+    finally:
+        if session.local:
+            stopped = processes.stop_session(session.live_processes, running)
+            if stopped:
+                log.debug("stopped Ray processes the local session left: %s", "; ".join(map(str, stopped)))
 
 
 def _trainable(setup, cpus, gpus):
@@ -733,7 +776,7 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
         exp_dir, setup, opts = _new_search(space, opts, model, dataset, config_file_list, config_dict,
                                            cmd_args, quick_start_defaults)
     setup = _trial_setup(setup, opts)
-    started = _init_ray(opts.address, opts.num_cpus, None, opts.ray_temp_dir, opts.verbose)
+    session = _init_ray(opts.address, opts.num_cpus, None, opts.ray_temp_dir, opts.verbose)
     try:
         tuner = (_restored_tuner if opts.resume is not None else _new_tuner)(exp_dir, setup, opts)
         print(f"recbole_dsl tune: {exp_dir}", file=out)
@@ -749,10 +792,8 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
         print(result.summary, file=out)
         return result
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        if session is not None:
+            _shutdown_ray(session)
 
 
 def summarize(result: TuneResult, setup) -> str:

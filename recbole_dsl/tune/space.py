@@ -21,7 +21,6 @@ import itertools
 import math
 import os
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
@@ -29,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 import yaml
 
 from recbole_dsl.errors import ConfigError
+from recbole_dsl.sources import load_yaml  # noqa: F401  (the search space files' reader)
 
 # Ray Tune's samplers (ray.tune.<name>) that a space file may use.
 SAMPLERS = (
@@ -50,29 +50,6 @@ RESERVED = {
 # Keys that choose which files RecBole and the plugin load their defaults from.
 STRUCTURAL = ("model", "dataset", "rec_loss")
 
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with RecBole's float rule, so `1e-3` is a float, as in RecBole's files."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(path) -> Any:
-    with open(path, "r", encoding="utf-8") as f:
-        return yaml.load(f, Loader=_Loader)
 
 
 @dataclass(frozen=True)
