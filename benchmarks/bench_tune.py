@@ -46,8 +46,6 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "bench_out" / "tune"))
     args = p.parse_args(argv)
 
-    import ray
-
     from recbole_dsl.tune import run_tune
     from recbole_dsl.tune.runner import _init_ray, _shutdown_ray
 

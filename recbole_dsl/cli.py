@@ -182,13 +182,16 @@ def main(argv=None) -> int:
                 print("run_recbole_dsl: interrupted; continue the search with --tune_resume=<its folder>",
                       file=sys.stderr)
                 return 130
-        from recbole_dsl.quick_start import run_recbole_dsl
-        from recbole_dsl.tune.runner import key_from_sources
+        from recbole_dsl.quick_start import DistributedRunError, run
+        from recbole_dsl.sources import key_from_sources
 
         model = args.model or key_from_sources("model", files, None, rest, "BPR")
         dataset = args.dataset or key_from_sources("dataset", files, None, rest, "ml-100k")
-        result = run_recbole_dsl(model=model, dataset=dataset, config_file_list=files, cmd_args=rest,
-                                 resume_file=args.resume)
+        try:
+            result = run(model=model, dataset=dataset, config_file_list=files, cmd_args=rest, resume_file=args.resume)
+        except DistributedRunError as e:
+            print(f"run_recbole_dsl: error: {e}", file=sys.stderr)
+            return 1
     except (ConfigError, FileNotFoundError, UnsafeCheckpointError) as e:
         print(f"run_recbole_dsl: error: {e}", file=sys.stderr)
         return 2

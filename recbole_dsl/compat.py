@@ -117,3 +117,25 @@ def quiet_recbole_warnings() -> None:
         return
     for category, message, module in RECBOLE_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@contextlib.contextmanager
+def cpu_ddp(config):
+    """While RecBole's trainer wraps the model in DistributedDataParallel, drop the `device_ids`
+    it passes when the model is on the CPU (DDP accepts them for GPU modules only). Affects only
+    recbole.trainer.trainer's name, only for the duration of the block."""
+    if config["single_spec"] or torch.device(config["device"]).type != "cpu":
+        yield
+        return
+    import recbole.trainer.trainer as recbole_trainer
+
+    ddp = recbole_trainer.DistributedDataParallel
+
+    def on_cpu(module, device_ids=None, **kwargs):
+        return ddp(module, **kwargs)
+
+    recbole_trainer.DistributedDataParallel = on_cpu
+    try:
+        yield
+    finally:
+        recbole_trainer.DistributedDataParallel = ddp

@@ -8,6 +8,8 @@ once, into `config.plugin_settings` (recbole_dsl.settings), re-parsed when a key
 from __future__ import annotations
 
 import ast
+import contextlib
+import datetime
 import difflib
 import os
 import sys
@@ -15,11 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from recbole.config import Config as RecBoleConfig
 from recbole.utils import ModelType
 
 from recbole_dsl.adapters import ADAPTERS, REFUSED
 from recbole_dsl.compat import keep_anomaly_mode
+from recbole_dsl.checks import check_int, check_real
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.keys import UnknownKeyWarning, unknown_keys
 from recbole_dsl.losses import LOSSES
@@ -84,6 +88,24 @@ def _closest_models(name: str) -> str:
     close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.5)
     close += [n for n in sorted(names) if n.lower() == str(name).lower() and n not in close]
     return f"RecBole has no model {name!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
+
+
+@contextlib.contextmanager
+def default_process_group_timeout(seconds: float):
+    """While RecBole's own nccl setup runs, make init_process_group's timeout `seconds`."""
+    import torch.distributed as dist
+
+    init = dist.init_process_group
+
+    def with_timeout(*args, **kwargs):
+        kwargs.setdefault("timeout", datetime.timedelta(seconds=seconds))
+        return init(*args, **kwargs)
+
+    dist.init_process_group = with_timeout
+    try:
+        yield
+    finally:
+        dist.init_process_group = init
 
 
 class Config(RecBoleConfig):
@@ -184,6 +206,33 @@ class Config(RecBoleConfig):
                     hint="The folder does not exist (set data_path to the folder that holds it; "
                          "nothing is downloaded)",
                 )
+
+    def _init_device(self):
+        """RecBole's device setup, plus distributed training on CPUs: RecBole hard-codes the nccl
+        backend and CUDA devices, so a run with `local_rank` set (a rank of `nproc` / `world_size`)
+        and no GPU joins a gloo process group on the CPU instead. On GPUs RecBole's own nccl path
+        runs unchanged. Either way the group waits at most `ddp_timeout` seconds for a peer."""
+        d = self.final_config_dict
+        if "local_rank" not in d:
+            return super()._init_device()
+        gpu_id = ",".join(map(str, d["gpu_id"])) if isinstance(d["gpu_id"], tuple) else str(d["gpu_id"] or "")
+        timeout = check_real("ddp_timeout", d.get("ddp_timeout", 600), "a number of seconds > 0", lambda v: v > 0)
+        import torch.distributed as dist
+
+        if gpu_id and torch.cuda.is_available():
+            with default_process_group_timeout(timeout):
+                return super()._init_device()
+        d["gpu_id"] = gpu_id
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        rank = check_int("local_rank", d["local_rank"], 0) + check_int("offset", d.get("offset") or 0, 0)
+        world = check_int("world_size", d.get("world_size"), 1)
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout),
+                                    init_method=f"tcp://{d.get('ip') or 'localhost'}:{d.get('port') or 5678}")
+        d["device"] = torch.device("cpu")
+        d["single_spec"] = False
+        if d["local_rank"] != 0:  # as RecBole: only the first rank of a node logs
+            d["state"], d["show_progress"], d["verbose"] = "error", False, False
 
     def _set_train_neg_sample_args(self):
         if self.final_config_dict.get("rec_loss") is not None:

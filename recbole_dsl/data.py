@@ -18,6 +18,7 @@ def grouped_order(users: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     Rows of a user are shuffled, cut into chunks of k, and the chunks of all users are shuffled.
     """
     n = len(users)
+    k = max(1, min(int(k), n))  # a chunk never holds more than every row (a larger k would overflow below)
     perm = rng.permutation(n)
     by_user = perm[np.argsort(users[perm], kind="stable")]  # grouped by user, random within
     u = users[by_user]
@@ -38,7 +39,11 @@ class UserGroupedTrainDataLoader(TrainDataLoader):
         self.positives_per_user = int(positives_per_user)
         # Seeded from torch's RNG, as RecBole's own shuffle is: init_seed (and so `seed`) governs
         # the order, and runs that share one prepared dataset still differ by their seed.
-        self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+        # Distributed, every rank must walk the same order (each takes its own part of it), so the
+        # order is seeded from the config's seed, which all ranks share.
+        self._world = 1 if config["single_spec"] else int(config["world_size"])
+        seed = int(torch.randint(0, 2**62, (1,))) if self._world == 1 else int(config["seed"])
+        self._rng = np.random.default_rng(seed)
         self._users = dataset.inter_feat[dataset.uid_field].numpy()
         self._order = grouped_order(self._users, self.positives_per_user, self._rng)
         self._grouped_shuffle = shuffle
@@ -57,4 +62,16 @@ class UserGroupedTrainDataLoader(TrainDataLoader):
         return super().__iter__()
 
     def collate_fn(self, index):
-        return super().collate_fn(self._order[np.asarray(index)])
+        return super().collate_fn(self._order[self._positions(np.asarray(index))])
+
+    def _positions(self, index: np.ndarray) -> np.ndarray:
+        """Distributed, RecBole's DistributedSampler gives rank r the loader positions r, r + W,
+        r + 2W, ...; they are mapped onto one contiguous part of the grouped order per rank, so a
+        user's chunk is not split across ranks (still a bijection: every row once per epoch)."""
+        if self._world == 1:
+            return index
+        w, n = self._world, len(self._order)
+        rank, k = index % w, index // w
+        sizes = (n - np.arange(w) + w - 1) // w  # positions each rank receives
+        starts = np.r_[0, np.cumsum(sizes)[:-1]]
+        return starts[rank] + k

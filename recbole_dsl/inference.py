@@ -22,6 +22,7 @@ import torch
 from recbole.config import Config as RecBoleConfig
 
 from recbole_dsl.checkpoint import load_checkpoint
+from recbole_dsl.protocols.metrics import register_metrics
 from recbole_dsl.quick_start import prepare
 
 
@@ -87,6 +88,13 @@ def load_data_and_model(model_file, device=None, trust_checkpoint: bool = False)
     checkpoint = read_checkpoint(model_file, trust=trust_checkpoint)
     config = checkpoint["config"]
     config["device"] = _device(config, device)
+    # What building a Config does and an unpickled one did not in this process: RecBole's numpy
+    # aliases (np.float, ..., which its metrics use) and the plugin's metrics in RecBole's registry.
+    config.compatibility_settings()
+    register_metrics()
+    if not config["single_spec"]:
+        # Written by rank 0 of a distributed run: this process loads and evaluates it alone.
+        config["single_spec"], config["local_rank"], config["offset"] = True, 0, 0
     data_dir = config["data_path"]
     if data_dir and not os.path.isdir(data_dir):
         # RecBole would try to download it and wait for an answer on stdin.

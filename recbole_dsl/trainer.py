@@ -24,7 +24,7 @@ from recbole.trainer import RecVAETrainer, Trainer
 from recbole.utils import WandbLogger, get_trainer as recbole_get_trainer, set_color
 
 from recbole_dsl.checkpoint import load_checkpoint, save_checkpoint
-from recbole_dsl.compat import tune_cpu_malloc
+from recbole_dsl.compat import cpu_ddp, tune_cpu_malloc
 from recbole_dsl.errors import TrainingDiverged
 from recbole_dsl.losses import LOSSES
 from recbole_dsl.protocols.collector import Collector
@@ -54,7 +54,8 @@ class RecLossTrainer(Trainer):
     last_interrupted_checkpoint = None
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        with cpu_ddp(config):
+            super().__init__(config, model)
         # RecBole's collector crashes with its own popularity metrics (ItemCoverage, ...) and lacks
         # the per-group counts of PopGroupNDCG / PopGroupRecall (recbole_dsl/protocols/collector.py).
         self.eval_collector = Collector(config)
@@ -65,6 +66,11 @@ class RecLossTrainer(Trainer):
         # second (parallel trials) would overwrite each other.
         root, ext = os.path.splitext(self.saved_model_file)
         self.saved_model_file = f"{root}-{uuid.uuid4().hex[:8]}{ext}"
+        if not config["single_spec"]:
+            # Every rank reloads the best model that rank 0 saved: they need its name.
+            name = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(name, src=0)
+            self.saved_model_file = name[0]
         settings = plugin_settings(config)
         self.trust_checkpoint = settings.trust_checkpoint
         # (epoch, batch) of the training step in progress, for the divergence and interruption messages.
@@ -233,6 +239,8 @@ class RecLossTrainer(Trainer):
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
+            if not self.config["single_spec"]:
+                torch.distributed.barrier()  # rank 0 has written the best model
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_checkpoint(checkpoint_file, map_location=self.device, trust=self.trust_checkpoint)
             self.model.load_state_dict(checkpoint["state_dict"])

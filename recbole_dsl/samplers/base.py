@@ -308,3 +308,31 @@ def build_sampler(name: str, n_items: int, num: int, positives: Optional[Positiv
             raise ValueError(f"neg_sampler '{name}' needs item_counts (training-split counts of every item)")
         kwargs["item_counts"] = item_counts
     return cls(n_items=n_items, num=num, positives=positives, **kwargs)
+
+
+def gather_ranks(x: Tensor) -> Tensor:
+    """`x` [n, ...] of every rank of the process group, concatenated in rank order (no gradient:
+    item ids). A single process, or no group, returns `x`. Ranks may hold different n (an epoch's
+    last batch)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    world = dist.get_world_size()
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    longest = int(max(int(v) for v in sizes))
+    padded = torch.zeros((longest,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)])
+
+
+def check_cross_rank(kwargs: Dict) -> Dict:
+    from recbole_dsl.checks import check_bool
+
+    if "cross_rank" in kwargs:
+        kwargs["cross_rank"] = check_bool("neg_cross_rank", kwargs["cross_rank"])
+    return kwargs

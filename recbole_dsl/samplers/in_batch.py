@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from recbole_dsl.samplers.base import SAMPLERS, NegativeBatch, NegativeSampler, PositiveSet
+from recbole_dsl.samplers.base import (SAMPLERS, NegativeBatch, NegativeSampler, PositiveSet, check_cross_rank,
+                                      gather_ranks)
 
 
 @SAMPLERS.register("in_batch")
@@ -24,15 +25,22 @@ class InBatchSampler(NegativeSampler):
     the correction), BSL and PSL as a cheap large-batch softmax; BPR/BCE work but see popular
     negatives more often. DSL works (its weights and slate ignore masked entries). Batches of one
     row have no valid negative: such a row contributes nothing to the loss.
+
+    Distributed (``neg_cross_rank: True``), the negatives are the positives of every rank's part of
+    the global batch: the item ids are all-gathered and scored against the rank's own replica of
+    the model, so the loss of each row is the single-process in-batch loss over the whole global
+    batch, and DDP's gradient average is that of the single-process loss.
     """
 
     name = "in_batch"
     needs_item_counts = True
     per_row = False
+    params = {"cross_rank": "neg_cross_rank"}
 
     def __init__(self, n_items: int, num: int, positives: Optional[PositiveSet] = None,
-                 item_counts: Optional[Tensor] = None):
+                 item_counts: Optional[Tensor] = None, cross_rank: bool = False):
         super().__init__(n_items, num, positives)
+        self.cross_rank = bool(cross_rank)
         counts = item_counts.detach().double().clamp_min(0)
         total = float(counts[1:].sum())
         if not total > 0:
@@ -44,6 +52,10 @@ class InBatchSampler(NegativeSampler):
     def check_num(cls, num: int, n_items: int, excluding: bool) -> None:
         return  # N is the batch size; neg_num is not used
 
+    @classmethod
+    def check(cls, kwargs):
+        return check_cross_rank(kwargs)
+
     def to(self, device) -> "InBatchSampler":
         super().to(device)
         self._log_p = self._log_p.to(device)
@@ -51,8 +63,10 @@ class InBatchSampler(NegativeSampler):
 
     def sample(self, user: Tensor, pos_item: Tensor) -> NegativeBatch:
         b = pos_item.shape[0]
-        items = pos_item.unsqueeze(0).expand(b, b)  # items[r, j] = pos_item[j], shared by all rows
+        shared = gather_ranks(pos_item) if self.cross_rank else pos_item
+        n = shared.shape[0]
+        items = shared.unsqueeze(0).expand(b, n)  # items[r, j] = shared[j], shared by all rows
         mask = items != pos_item.unsqueeze(1)
         if self.positives is not None:
-            mask[self.positives.cols_of(user, pos_item)] = False
-        return NegativeBatch(items, self._log_p[pos_item].unsqueeze(0).expand(b, b), mask)
+            mask[self.positives.cols_of(user, shared)] = False
+        return NegativeBatch(items, self._log_p[shared].unsqueeze(0).expand(b, n), mask)

@@ -5,7 +5,8 @@ from torch import Tensor
 
 import torch
 
-from recbole_dsl.samplers.base import SAMPLERS, NegativeBatch, UniformSampler, positions_among
+from recbole_dsl.samplers.base import (SAMPLERS, NegativeBatch, UniformSampler, check_cross_rank, gather_ranks,
+                                      positions_among)
 
 
 @SAMPLERS.register("shared")
@@ -22,10 +23,23 @@ class SharedSampler(UniformSampler):
     Suits every loss (SL, BSL, PSL, DSL, BPR, BCE). Rows see the same negatives, so the negatives
     of one batch are correlated; with N in the hundreds or more this is what large-catalogue
     sampled softmax usually does.
+
+    Distributed (``neg_cross_rank: True``), each rank's N draws are all-gathered and every row of
+    every rank has all world_size x N of them as negatives (scored against the rank's own replica
+    of the model; masking as above).
     """
 
     name = "shared"
     per_row = False
+    params = {"cross_rank": "neg_cross_rank"}
+
+    def __init__(self, n_items, num, positives=None, item_counts=None, cross_rank: bool = False):
+        super().__init__(n_items, num, positives, item_counts)
+        self.cross_rank = bool(cross_rank)
+
+    @classmethod
+    def check(cls, kwargs):
+        return check_cross_rank(kwargs)
 
     @classmethod
     def check_num(cls, num: int, n_items: int, excluding: bool) -> None:
@@ -35,6 +49,8 @@ class SharedSampler(UniformSampler):
         items = self.draw((self.num,), user.device)
         if items.device != user.device:
             items = items.to(user.device)
+        if self.cross_rank:
+            items = gather_ranks(items)
         # Few entries are masked (the rows' own positives and, with exclusion, their training
         # positives among the N): set those from their positions, not by B x N comparisons.
         mask = torch.ones(user.shape[0], items.shape[0], dtype=torch.bool, device=items.device)
