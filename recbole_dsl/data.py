@@ -65,13 +65,14 @@ class UserGroupedTrainDataLoader(TrainDataLoader):
         return super().collate_fn(self._order[self._positions(np.asarray(index))])
 
     def _positions(self, index: np.ndarray) -> np.ndarray:
-        """Distributed, RecBole's DistributedSampler gives rank r the loader positions r, r + W,
-        r + 2W, ...; they are mapped onto one contiguous part of the grouped order per rank, so a
-        user's chunk is not split across ranks (still a bijection: every row once per epoch)."""
-        if self._world == 1:
-            return index
-        w, n = self._world, len(self._order)
-        rank, k = index % w, index // w
-        sizes = (n - np.arange(w) + w - 1) // w  # positions each rank receives
-        starts = np.r_[0, np.cumsum(sizes)[:-1]]
-        return starts[rank] + k
+        return index if self._world == 1 else rank_positions(index, self._world, len(self._order))
+
+
+def rank_positions(index: np.ndarray, world: int, n: int) -> np.ndarray:
+    """Distributed, RecBole's DistributedSampler gives rank r the loader positions r, r + W, r + 2W,
+    ... (W = world); map them onto one contiguous part of the epoch's order per rank, so that a
+    user's chunk is not split across ranks. A bijection of range(n): every row once per epoch."""
+    rank, k = index % world, index // world
+    sizes = (n - np.arange(world) + world - 1) // world  # positions each rank receives
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    return starts[rank] + k

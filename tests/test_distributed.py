@@ -28,7 +28,9 @@ def slice_cfg(slice_root, tmp_path, **kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,extra", [("BPR", {"rec_loss": "SL"}),
-                                         ("LightGCN", {"rec_loss": "BSL", "train_batch_mode": "user"})])
+                                         ("LightGCN", {"rec_loss": "BSL", "train_batch_mode": "user"}),
+                                         ("BPR", {"rec_loss": "SL", "fn_pool_ratio": 0.1, "fn_noise_p": 0.3,
+                                                  "fp_noise_ratio": 0.1})])
 def test_two_ranks_train_evaluate_and_end_with_identical_parameters(model, extra, slice_root, tmp_path):
     cfg = slice_cfg(slice_root, tmp_path, epochs=2, **extra)
     mp.spawn(h.train_rank, args=(2, h.free_port(), model, cfg, str(tmp_path)), nprocs=2, join=True)
@@ -72,6 +74,18 @@ def test_two_ranks_with_half_batches_make_the_update_of_one_rank_with_the_whole_
         torch.testing.assert_close(a["state"][k], one["state"][k], rtol=1e-12, atol=1e-12)
     # The step moved the parameters (the comparison is not between two untouched initialisations).
     assert a["loss"] != b["loss"]
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (12, 3), (7, 4), (1, 2)])
+def test_each_rank_walks_one_contiguous_part_of_the_user_grouped_order(n, world):
+    import numpy as np
+    from recbole_dsl.data import rank_positions
+
+    per_rank = [np.arange(r, n, world) for r in range(world)]  # DistributedSampler, shuffle off, before padding
+    mapped = [rank_positions(idx, world, n) for idx in per_rank]
+    assert sorted(np.concatenate(mapped).tolist()) == list(range(n))  # every row once
+    for m in mapped:
+        assert m.tolist() == list(range(m[0], m[0] + len(m))) if len(m) else True  # contiguous
 
 
 def test_the_command_line_trains_with_two_processes(slice_root, tmp_path):
