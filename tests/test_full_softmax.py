@@ -27,7 +27,9 @@ TOL = dict(rtol=1e-10, atol=1e-10)
 CONFIGS = {
     "SL": [dict(tau=0.2), dict(tau=0.2, include_positive=True), dict(tau=0.3, log_q_correction=True)],
     "PSL": [dict(tau=0.1, activation=a) for a in ("tanh", "atan", "relu")],
-    "BSL": [dict(tau_pos=0.1, tau_neg=0.15), dict(tau_pos=0.2, tau_neg=0.1, group_positives=False)],
+    "BSL": [dict(tau_pos=0.1, tau_neg=0.15), dict(tau_pos=0.2, tau_neg=0.1, group_positives=False),
+            dict(form="pseudocode", tau_pos=0.1, tau_neg=0.15), dict(form="official", t1=0.12, t2=1.2),
+            dict(form="official", t1=0.12, t2=0.9, group_positives=False)],
     "DSL": [
         dict(tau=0.2, kappa=2.0, alpha=0.5, gamma=0.7, slate_size=3, max_weight=1.5),  # everything
         dict(tau=0.2, kappa=2.0, alpha=0.5, gamma=0.7, slate_size=None),  # slate = every valid item
