@@ -24,14 +24,35 @@ def check_real(key: str, value, allowed: str, ok: Callable[[float], bool] = lamb
     return float(value)
 
 
+# Temperatures divide scores and strengths multiply them in the losses' float32 arithmetic (a loss
+# takes 1 / tau and kappa * score): beyond these magnitudes a batch's logits overflow to inf and
+# the loss to NaN, so such values are refused with the other checks, before anything is built.
+TEMPERATURE_RANGE = (1e-6, 1e6)
+MAX_STRENGTH = 1e6
+
+
 def check_positive(key: str, value) -> float:
-    """A temperature-like number > 0."""
-    return check_real(key, value, "a number > 0", lambda v: v > 0)
+    """A temperature-like number > 0, within TEMPERATURE_RANGE."""
+    lo, hi = TEMPERATURE_RANGE
+    return check_real(key, value, f"a number > 0 in [{lo:g}, {hi:g}]", lambda v: lo <= v <= hi)
+
+
+def check_strength(key: str, value, allowed: str) -> float:
+    """A finite real number of magnitude at most MAX_STRENGTH; ``allowed`` says what it does."""
+    return check_real(key, value, f"a real number in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}] ({allowed})",
+                      lambda v: abs(v) <= MAX_STRENGTH)
+
+
+# The largest int64: sizes, counts and seeds become tensor shapes, tensor values or numpy integers.
+MAX_INT = 2**63 - 1
 
 
 def check_int(key: str, value, minimum: int = 1, allowed: Optional[str] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(key, value, allowed or f"an integer >= {minimum}")
+    if value > MAX_INT:
+        raise ConfigError(key, value, allowed or f"an integer in [{minimum}, 2**63 - 1]",
+                          hint="it does not fit in a 64-bit integer")
     return value
 
 

@@ -27,7 +27,8 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name) -> T:
-        if name not in self._entries:
+        # names are strings; a list or dict from YAML is unhashable and would raise TypeError
+        if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(self.key, name, f"one of {self.names()}")
         return self._entries[name]
 
@@ -35,7 +36,7 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterable[str]:
         return iter(self.names())

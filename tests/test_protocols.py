@@ -236,7 +236,9 @@ def collect(metrics, pop_groups=2):
     from types import SimpleNamespace
 
     from recbole_dsl.protocols.collector import Collector
+    from recbole_dsl.protocols.metrics import register_metrics
 
+    register_metrics()  # what building a plugin Config does (this test builds none)
     cfg = Cfg(metrics=metrics, topk=[1, 3], eval_args={"mode": "full"}, device=torch.device("cpu"),
               metric_decimal_place=6, ITEM_ID_FIELD="item_id", USER_ID_FIELD="user_id", tail_ratio=0.5,
               pop_groups=pop_groups, pop_group_by="items", pop_group_mode="within")

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from recbole_dsl.checks import check_bool, check_int, check_positive, check_real
+from recbole_dsl.checks import MAX_STRENGTH, check_bool, check_int, check_positive, check_real, check_strength
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, ScoreNeeds, prepare_mask
 from recbole_dsl.losses.lse import scaled_logsumexp
@@ -381,15 +381,16 @@ class DSLLoss(RecLoss):
     def check(cls, kwargs, neg_num=None):
         kw = dict(kwargs)
         kw["tau"] = check_positive("loss_tau", kw["tau"])
-        kw["kappa"] = check_real("dsl_kappa", kw["kappa"], "a finite real number (0 turns the reweighting off)")
+        kw["kappa"] = check_strength("dsl_kappa", kw["kappa"], "0 turns the reweighting off")
         kw["alpha"] = check_real("dsl_alpha", kw["alpha"], "a number in [0, 1]", lambda v: 0 <= v <= 1)
         k = kw["slate_size"]
         if k is not None:
             check_int("dsl_slate_size", k, 1, "None (all negatives) or an integer >= 1")
             if neg_num is not None and k > neg_num:
                 raise ConfigError("dsl_slate_size", k, f"an integer in [1, neg_num={neg_num}]")
-        kw["gamma"] = check_real("dsl_gamma", kw["gamma"], "a finite real number (0 turns the temperature branch off)")
-        kw["tau_range"] = check_real("dsl_tau_range", kw["tau_range"], "a number >= 1", lambda v: v >= 1)
+        kw["gamma"] = check_strength("dsl_gamma", kw["gamma"], "0 turns the temperature branch off")
+        kw["tau_range"] = check_real("dsl_tau_range", kw["tau_range"], f"a number in [1, {MAX_STRENGTH:g}]",
+                                     lambda v: 1 <= v <= MAX_STRENGTH)
         if kw["max_weight"] is not None:
             kw["max_weight"] = check_real("dsl_max_weight", kw["max_weight"], "None (no cap) or a number >= 1",
                                           lambda v: v >= 1)

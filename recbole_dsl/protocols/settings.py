@@ -47,8 +47,8 @@ class ProtocolSettings:
                               hint="Set fn_pool_ratio (e.g. 0.1) to hold out the false-negative pool the noise is drawn from")
         fp = _fraction("fp_noise_ratio", _get(cfg, "fp_noise_ratio", 0.0), closed=False)
         seed = cfg["noise_seed"]
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ConfigError("noise_seed", seed, "an integer or ~ (the config's seed)")
+        if seed is not None:  # numpy's generators take seeds >= 0 only
+            check_int("noise_seed", seed, 0, "an integer >= 0 or ~ (the config's seed)")
         groups = check_int("pop_groups", _get(cfg, "pop_groups", 10), 1)
         by = check_choice("pop_group_by", _get(cfg, "pop_group_by", "items"), GROUP_BY)
         mode = check_choice("pop_group_mode", _get(cfg, "pop_group_mode", "within"), GROUP_MODES)

@@ -24,11 +24,16 @@ def popularity_probs(item_counts: Tensor, alpha: float) -> np.ndarray:
     counts = item_counts.detach().cpu().double().numpy()[FIRST_ITEM:]
     if (counts < 0).any():
         raise ValueError("item_counts must be >= 0")
-    w = np.power(counts, alpha)
-    total = w.sum()
-    if not total > 0:
+    if alpha == 0:
+        return np.full(counts.shape, 1.0 / counts.size)
+    if not (counts > 0).any():
         raise ConfigError("neg_sampler", "popularity", "a sampler other than popularity when no item has training interactions")
-    return w / total
+    # In log space, shifted by the largest: count ** alpha overflows float64 for a large alpha
+    # (all the mass then goes to the most popular items, as it should).
+    with np.errstate(divide="ignore"):
+        log_w = alpha * np.log(counts)  # -inf for items without training interactions
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
 
 
 def alias_table(p: np.ndarray):
