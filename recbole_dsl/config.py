@@ -145,6 +145,28 @@ class Config(RecBoleConfig):
                 config_dict[key] = literal_value(param)
         return config_dict
 
+    def _load_config_files(self, file_list):
+        """RecBole's reading of the config files, with an empty file as no keys (RecBole's own fails
+        with a TypeError on one) and anything but a mapping of keys refused, naming the file."""
+        import yaml
+
+        merged = {}
+        for file in file_list or []:
+            if not os.path.isfile(file):
+                raise ConfigError("config_files", str(file), "YAML files that exist", hint="the file is not there")
+            with open(file, "r", encoding="utf-8") as f:
+                try:
+                    data = yaml.load(f.read(), Loader=self.yaml_loader)
+                except yaml.YAMLError as e:
+                    raise ConfigError("config_files", str(file), "YAML files", hint=f"it is not valid YAML: {e}") from None
+            if data is None:
+                continue
+            if not isinstance(data, dict):
+                raise ConfigError("config_files", str(file), "YAML files of `key: value` lines",
+                                  hint=f"it holds a {type(data).__name__}")
+            merged.update(data)
+        return merged
+
     def _load_cmd_line(self):
         args = sys.argv[1:] if self._cmd_args is None else self._cmd_args
         given = {}

@@ -142,3 +142,22 @@ def test_runs_hide_recbole_s_known_deprecation_noise_but_not_the_plugin_s_warnin
     loud = _cli_stderr(slice_root, tmp_path, {"PYTHONWARNINGS": "default"})
     shown = [message for _, message, _ in RECBOLE_NOISE if re.search(message, loud)]
     assert len(shown) == len(RECBOLE_NOISE), loud[-3000:]
+
+
+@pytest.mark.parametrize("content,ok", [("", True), ("# only a comment\n", True), ("- a\n- b\n", False),
+                                        ("key: [unclosed\n", False), ("just text\n", False)])
+def test_config_files_empty_or_malformed(content, ok, tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(content)
+    if ok:
+        Config("BPR", "ml-100k", config_file_list=[str(f)], cmd_args=[])
+        return
+    with pytest.raises(ConfigError) as e:
+        Config("BPR", "ml-100k", config_file_list=[str(f)], cmd_args=[])
+    assert e.value.key == "config_files" and str(f) in str(e.value)
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        Config("BPR", "ml-100k", config_file_list=[str(tmp_path / "nope.yaml")], cmd_args=[])
+    assert e.value.key == "config_files"
