@@ -162,7 +162,8 @@ def grid(model, loss, args):
     extra = {"pair_score_fn": args.pair_score_fn} if kind == "pair" else {}
     if loss == "SL":
         return [{"rec_loss": "SL", "loss_tau": t, **extra} for t in taus]
-    return [{"rec_loss": "BSL", "loss_tau": t, "loss_tau_pos": t, "train_batch_mode": "user", **extra} for t in taus]
+    return [{"rec_loss": "BSL", "bsl_form": "paper", "bsl_group_positives": True, "loss_tau": t, "loss_tau_pos": t,
+             "train_batch_mode": "user", **extra} for t in taus]
 
 
 def main():

@@ -29,16 +29,29 @@ VARIANTS = {
     "BPR (plugin, 256 negs, dot)": ({"rec_loss": "BPR"}, [{}]),
     "SL": ({"rec_loss": "SL"}, [{"loss_tau": t} for t in (0.1, 0.2)]),
     # BSL: tau2 (negative side) on SL's grid points, tau1 at or above it (c = tau2/tau1 in 0.5..1).
-    "BSL per-row": ({"rec_loss": "BSL", "bsl_group_positives": False},
+    "BSL per-row": ({"rec_loss": "BSL", "bsl_form": "paper", "bsl_group_positives": False},
                     [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25))]),
     # User-grouped BSL lost ground as tau1 fell (the positive LME then favours a user's easy
     # positives), so its grid also reaches tau1 well above tau2.
-    "BSL user-grouped": ({"rec_loss": "BSL", "train_batch_mode": "user", "positives_per_user": 4},
+    "BSL user-grouped": ({"rec_loss": "BSL", "bsl_form": "paper", "bsl_group_positives": True,
+                          "train_batch_mode": "user", "positives_per_user": 4},
                          [{"loss_tau": t2, "loss_tau_pos": t1} for t2, t1 in ((0.2, 0.2), (0.2, 0.25), (0.2, 0.5), (0.2, 1.0))]),
     # Diagnostic: SL on the same user-grouped batches tells how much of user-grouped BSL's gap
     # to SL comes from the batch composition rather than from the bilateral positive side.
     "SL user-grouped (diagnostic)": ({"rec_loss": "SL", "train_batch_mode": "user", "positives_per_user": 4},
                                      [{"loss_tau": 0.2}]),
+    # The official code's form (bsl_form: official): one temperature t1, the negative term weighted
+    # by t2; its README's MF settings are t1 0.08-0.17, t2 1.06-1.22.
+    "BSL official per-row": ({"rec_loss": "BSL", "bsl_form": "official", "bsl_group_positives": False},
+                             [{"bsl_t1": t1, "bsl_t2": t2} for t1 in (0.1, 0.2) for t2 in (1.1, 1.2)]
+                             + [{"bsl_t1": t1, "bsl_t2": t2} for t1, t2 in ((0.25, 1.1), (0.25, 1.2), (0.2, 1.05),
+                                                                          (0.25, 1.05))]),
+    # SL over a grid as wide as the official BSL's (its only parameter is the temperature).
+    "SL wide grid": ({"rec_loss": "SL"}, [{"loss_tau": t} for t in (0.1, 0.15, 0.2, 0.25, 0.3)]),
+    "BSL official user-grouped": ({"rec_loss": "BSL", "bsl_form": "official", "bsl_group_positives": True,
+                                   "train_batch_mode": "user",
+                                   "positives_per_user": 4},
+                                  [{"bsl_t1": t1, "bsl_t2": t2} for t1 in (0.1, 0.2) for t2 in (1.1, 1.2)]),
     # PSL's halved convention: 0.05 here is SL's 0.1, 0.1 is SL's 0.2.
     "PSL tanh": ({"rec_loss": "PSL", "psl_activation": "tanh"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
     "PSL atan": ({"rec_loss": "PSL", "psl_activation": "atan"}, [{"loss_tau": t} for t in (0.05, 0.1)]),

@@ -44,7 +44,8 @@ LOSSES = {
     "SL": {"rec_loss": "SL", "loss_tau": 0.2},
     # user-grouped batches: BSL's positive side (its answer to noisy positives) needs them
     # tau1 = 1.0: the validation choice of bench_quality.py for user-grouped BSL
-    "BSL": {"rec_loss": "BSL", "loss_tau": 0.2, "loss_tau_pos": 1.0, "train_batch_mode": "user"},
+    "BSL": {"rec_loss": "BSL", "bsl_form": "paper", "bsl_group_positives": True, "loss_tau": 0.2, "loss_tau_pos": 1.0,
+            "train_batch_mode": "user"},
     "PSL": {"rec_loss": "PSL", "loss_tau": 0.1, "psl_activation": "tanh"},  # = SL's 0.2 (halved convention)
     # properties/loss/DSL.yaml defaults = bench_dsl.py's validation choice on MF: tau 0.3, kappa 2,
     # alpha 0.5, gamma 0.5 (spelled out so that the benchmark does not move with the defaults)

@@ -117,7 +117,7 @@ MF_RUNS = [
     ("sl-inbatch", "BPR", _sl("in_batch")),
     ("sl-all", "BPR", _sl("all")),  # the exact softmax over every item (its sampler may not exist yet)
     ("dsl-u256", "BPR", _sl("uniform", 256, "DSL")),
-    ("bsl-u256", "BPR", _sl("uniform", 256, "BSL", train_batch_mode="user")),
+    ("bsl-u256", "BPR", _sl("uniform", 256, "BSL", train_batch_mode="user", bsl_form="paper", bsl_group_positives=True)),
     ("recbole-lightgcn", "LightGCN", None),
     ("lightgcn-sl-u256", "LightGCN", _sl("uniform", 256)),
 ]

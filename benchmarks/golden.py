@@ -40,9 +40,14 @@ BASE = {
     "reproducibility": True,
 }
 
+PAPER_BSL = {"bsl_form": "paper", "bsl_group_positives": True, "loss_tau": 0.1, "loss_tau_pos": 0.1}
+
 # name -> (model, extra keys)
 RUNS = {
-    **{f"{m}-{loss}": (m, {"rec_loss": loss}) for m in ("BPR", "LightGCN") for loss in ("SL", "BSL", "PSL", "DSL", "BPR")},
+    # BSL pinned to the form these runs were recorded with (the paper's equation, pooled positives),
+    # whatever the shipped defaults are
+    **{f"{m}-{loss}": (m, {"rec_loss": loss, **(PAPER_BSL if loss == "BSL" else {})})
+       for m in ("BPR", "LightGCN") for loss in ("SL", "BSL", "PSL", "DSL", "BPR")},
     "MultiVAE-SL": ("MultiVAE", {"rec_loss": "SL"}),
     "NeuMF-SL": ("NeuMF", {"rec_loss": "SL", "neg_num": 8}),
     # score paths and samplers
@@ -51,7 +56,7 @@ RUNS = {
     "BPR-SL-shared": ("BPR", {"rec_loss": "SL", "neg_sampler": "shared", "neg_num": 256}),
     "BPR-DSL-in_batch": ("BPR", {"rec_loss": "DSL", "neg_sampler": "in_batch"}),
     "BPR-SL-popularity-logq": ("BPR", {"rec_loss": "SL", "neg_sampler": "popularity", "sl_log_q_correction": True}),
-    "BPR-BSL-user": ("BPR", {"rec_loss": "BSL", "train_batch_mode": "user", "loss_tau_pos": 0.2}),
+    "BPR-BSL-user": ("BPR", {**PAPER_BSL, "rec_loss": "BSL", "train_batch_mode": "user", "loss_tau_pos": 0.2}),
     "MultiVAE-DSL": ("MultiVAE", {"rec_loss": "DSL"}),
 }
 

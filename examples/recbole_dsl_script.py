@@ -2,7 +2,7 @@
 # plugin's rec_loss: three lines changed, each marked `# recbole_dsl`. The loss and its keys come
 # from my.yaml (rec_loss: SL); --key=value on the command line wins, as in RecBole.
 #   python examples/recbole_dsl_script.py
-#   python examples/recbole_dsl_script.py --rec_loss=BSL --loss_tau=0.2 --train_batch_mode=user
+#   python examples/recbole_dsl_script.py --rec_loss=BSL --bsl_t2=1.2
 # The two RecBole imports the changed lines no longer use (BPR, Trainer) can stay or go.
 from logging import getLogger
 from pathlib import Path

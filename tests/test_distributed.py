@@ -28,7 +28,7 @@ def slice_cfg(slice_root, tmp_path, **kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,extra", [("BPR", {"rec_loss": "SL"}),
-                                         ("LightGCN", {"rec_loss": "BSL", "train_batch_mode": "user"}),
+                                         ("LightGCN", {"rec_loss": "BSL", "train_batch_mode": "user", "bsl_group_positives": True}),
                                          ("BPR", {"rec_loss": "SL", "fn_pool_ratio": 0.1, "fn_noise_p": 0.3,
                                                   "fp_noise_ratio": 0.1})])
 def test_two_ranks_train_evaluate_and_end_with_identical_parameters(model, extra, slice_root, tmp_path):

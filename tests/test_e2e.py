@@ -93,7 +93,8 @@ def test_checkpoint_is_reloaded_for_test(model, ml100k, tmp_path):
 
 def test_user_grouped_batches_hold_several_positives_per_user(ml100k, tmp_path):
     train, valid, test = ml100k
-    config, net, trainer = make("BPR", "BSL", tmp_path, train_batch_mode="user", positives_per_user=4)
+    config, net, trainer = make("BPR", "BSL", tmp_path, train_batch_mode="user", positives_per_user=4,
+                                 bsl_group_positives=True)
     loader = UserGroupedTrainDataLoader.wrap(train, 4)
     batch = next(iter(loader))
     users = batch[config["USER_ID_FIELD"]]
