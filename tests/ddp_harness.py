@@ -69,3 +69,23 @@ def step_rank(rank, world, port, cfg, rows, inject, out):
                 "loss": float(losses[0].detach()), "rows": len(batch)}, f"{out}/step{world}-{rank}.pt")
     if world > 1:
         dist.destroy_process_group()
+
+
+def shared_rank(rank, world, port, n_items, num, out):
+    """The shared sampler with neg_cross_rank on rank `rank` of a bare gloo group (no RecBole run)."""
+    import datetime
+
+    import torch.distributed as dist
+    from recbole_dsl.samplers.base import SAMPLERS
+
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}",
+                            timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(100 + rank)  # each rank its own stream, as seed + rank gives a run
+    sampler = SAMPLERS.get("shared")(n_items, num, cross_rank=True)
+    torch.manual_seed(100 + rank)
+    own = SAMPLERS.get("shared")(n_items, num).draw((num,), "cpu")  # what this rank draws itself
+    user = torch.arange(3)
+    pos = torch.tensor([1, 2, 3])
+    negs = sampler.sample(user, pos)
+    torch.save({"items": negs.items.clone(), "mask": negs.mask.clone(), "own": own}, f"{out}/shared{rank}.pt")
+    dist.destroy_process_group()

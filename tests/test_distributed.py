@@ -88,6 +88,28 @@ def test_each_rank_walks_one_contiguous_part_of_the_user_grouped_order(n, world)
         assert m.tolist() == list(range(m[0], m[0] + len(m))) if len(m) else True  # contiguous
 
 
+def test_shared_negatives_across_ranks_are_every_rank_s_draws(tmp_path):
+    mp.spawn(h.shared_rank, args=(2, h.free_port(), 50, 6, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"shared{r}.pt") for r in (0, 1))
+    assert r0["items"].shape == (3, 12)  # world_size x N negatives for every row
+    assert torch.equal(r0["items"][0], torch.cat([r0["own"], r1["own"]]))  # rank order, each rank's own draws
+    assert torch.equal(r0["items"][0], r1["items"][0])
+    for r in (r0, r1):  # the row's own positive is masked wherever it was drawn
+        assert torch.equal(r["mask"], r["items"] != torch.tensor([1, 2, 3]).unsqueeze(1))
+
+
+def test_a_rank_that_never_joins_fails_within_ddp_timeout(slice_root, tmp_path):
+    """world_size 2 but only this node's one process: rank 0 waits for rank 1 at most ddp_timeout."""
+    args = [f"--{k}={v}" for k, v in slice_cfg(slice_root, tmp_path, rec_loss="SL").items()
+            if k not in ("metrics", "topk")]
+    start = time.time()
+    r = subprocess.run(CLI + args + ["--nproc=1", "--world_size=2", f"--port={h.free_port()}", "--ddp_timeout=5"],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert r.returncode == 1 and "run_recbole_dsl: error: a rank of the distributed run failed" in r.stderr, \
+        r.stderr[-3000:]
+    assert time.time() - start < 120
+
+
 def test_the_command_line_trains_with_two_processes(slice_root, tmp_path):
     args = [f"--{k}={v}" for k, v in slice_cfg(slice_root, tmp_path, rec_loss="SL", epochs=1, state="INFO").items()
             if k not in ("metrics", "topk")]

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+
+from helpers import FAST
 import torch
 import yaml
 
@@ -116,19 +118,8 @@ RELATED: Dict[str, set] = {
 # trained by gradient descent (refused with rec_loss) and a sequential one (not general).
 MODELS = ("BPR", "LightGCN", "MultiVAE", "NeuMF", "ItemKNN", "Pop", "SASRec")
 
-BASE = {  # tests/helpers.py FAST, smaller: one batch of one epoch is trained
-    "epochs": 1,
-    "neg_num": 32,
-    "train_batch_size": 512,
-    "eval_batch_size": 409600,
-    "show_progress": False,
-    "state": "ERROR",
-    "metrics": ["Recall", "NDCG"],
-    "topk": [20],
-    "valid_metric": "NDCG@20",
-    "gpu_id": "",
-    "learning_rate": 0.01,
-}
+# tests/helpers.py FAST, smaller: one batch of one epoch is trained; embedding_size is per model below
+BASE = {**{k: v for k, v in FAST.items() if k != "embedding_size"}, "train_batch_size": 512}
 # Small sizes, in each model's own keys (a key of another model is reported as unknown).
 MODEL_BASE = {
     "BPR": {"embedding_size": 16},
