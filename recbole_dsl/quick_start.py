@@ -1,6 +1,7 @@
 """The Python API the command line calls, in the shape of RecBole's run_recbole."""
 from __future__ import annotations
 
+import os
 from logging import getLogger
 from typing import Optional, Sequence
 
@@ -24,6 +25,10 @@ def prepare(config):
 
     Returns (dataset, model, (train_data, valid_data, test_data))."""
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole creates these folders with an exists-then-makedirs race: ranks, or nodes sharing a
+    # folder, starting together would fail with FileExistsError.
+    os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     init_logger(config)
     logger = getLogger()
     logger.info(config)

@@ -133,6 +133,22 @@ def test_two_nodes_join_by_ip_port_and_offset(slice_root, tmp_path):
     assert tests[0] == tests[1] and "ndcg@20" in tests[0]
 
 
+def _children(parent: int):
+    """(pid, command line) of the live processes whose parent is `parent` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent:
+                found.append((int(entry), open(f"/proc/{entry}/cmdline", "rb").read()))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def test_a_killed_rank_ends_the_run_with_an_error_in_bounded_time(slice_root, tmp_path):
     args = [f"--{k}={v}" for k, v in slice_cfg(slice_root, tmp_path, rec_loss="SL", epochs=500, state="INFO",
                                                 stopping_step=1000, train_batch_size=64).items()
@@ -144,9 +160,8 @@ def test_a_killed_rank_ends_the_run_with_an_error_in_bounded_time(slice_root, tm
         for line in proc.stdout:
             if "epoch 1 training" in line:
                 break
-        children = [int(p) for p in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
-        ranks = [p for p in children if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
-        assert len(ranks) == 2, children
+        ranks = [pid for pid, cmd in _children(proc.pid) if b"spawn_main" in cmd]
+        assert len(ranks) == 2, _children(proc.pid)
         os.kill(ranks[1], signal.SIGKILL)
         start = time.time()
         out = proc.communicate(timeout=120)[0]

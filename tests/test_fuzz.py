@@ -154,7 +154,9 @@ def values_for(key: str):
         st.sampled_from(INTS),
         st.integers(-3, 50),
         st.sampled_from(FLOATS),
-        st.floats(allow_nan=True, allow_infinity=True),
+        # no subnormals: the plugin's trainers flush them to zero process-wide (cpu_flush_denormal),
+        # and hypothesis refuses to draw them once an earlier test has trained
+        st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False),
     )
 
 

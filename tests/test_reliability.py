@@ -17,7 +17,6 @@ import recbole_dsl
 from recbole_dsl import ConfigError, TrainingDiverged, UnsafeCheckpointError, load_data_and_model
 from recbole_dsl.checkpoint import load_checkpoint, save_checkpoint
 from recbole_dsl.compat import graph_compat
-from recbole_dsl.trainer import RecLossTrainer
 
 from helpers import FAST, ROOT
 
@@ -192,7 +191,20 @@ def test_a_diverging_run_stops_naming_loss_temperature_epoch_and_batch(bad, slic
 
 # -- interruption ----------------------------------------------------------------------------------
 
-def test_ctrl_c_saves_the_state_reached_and_resume_continues(slice_root, tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c():
+    """Ctrl+C raises KeyboardInterrupt in this process, as in a terminal (a shell starts background
+    jobs, e.g. a CI run, with SIGINT ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def _sigint_as_in_a_terminal():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # in the child, before exec: Python installs its handler
+
+
+def test_ctrl_c_saves_the_state_reached_and_resume_continues(slice_root, tmp_path, monkeypatch, ctrl_c):
     cfg = slice_config(slice_root, tmp_path, rec_loss="SL", epochs=4, train_batch_size=256)
     config, net, trainer, (train, valid, test) = recbole_dsl.quick_start.build("BPR", "ml-slice", config_dict=cfg)
     calc, calls, per_epoch = net.calculate_loss, [0], len(train)
@@ -230,7 +242,7 @@ def test_ctrl_c_on_the_command_line_prints_how_to_resume(slice_root, tmp_path):
     args = [f"--{k}={v}" for k, v in slice_config(slice_root, tmp_path, rec_loss="SL", epochs=300, state="INFO",
                                                   train_batch_size=64).items() if k not in ("metrics", "topk")]
     proc = subprocess.Popen(CLI + args + ["--stopping_step=1000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, stdin=subprocess.DEVNULL, cwd=tmp_path)
+                            text=True, stdin=subprocess.DEVNULL, cwd=tmp_path, preexec_fn=_sigint_as_in_a_terminal)
     deadline, seen = time.time() + 240, []
     for line in proc.stdout:  # RecBole's log
         seen.append(line)
