@@ -115,6 +115,10 @@ MF_RUNS = [
     ("sl-u1000", "BPR", _sl("uniform", 1000)),
     ("sl-shared1000", "BPR", _sl("shared", 1000)),
     ("sl-inbatch", "BPR", _sl("in_batch")),
+    # sparse_update: row-sparse gradients and lazy Adam (recbole_dsl/optim.py)
+    ("sl-u256-sparse", "BPR", _sl("uniform", 256, sparse_update=True)),
+    ("sl-shared1000-sparse", "BPR", _sl("shared", 1000, sparse_update=True)),
+    ("sl-inbatch-sparse", "BPR", _sl("in_batch", sparse_update=True)),
     ("sl-all", "BPR", _sl("all")),  # the exact softmax over every item (its sampler may not exist yet)
     ("dsl-u256", "BPR", _sl("uniform", 256, "DSL")),
     ("bsl-u256", "BPR", _sl("uniform", 256, "BSL", train_batch_mode="user", bsl_form="paper", bsl_group_positives=True)),
@@ -122,7 +126,9 @@ MF_RUNS = [
     ("lightgcn-sl-u256", "LightGCN", _sl("uniform", 256)),
 ]
 SCALE_RUNS = [("recbole-bpr", "BPR", None), ("sl-shared1000", "BPR", _sl("shared", 1000)),
-              ("sl-u256", "BPR", _sl("uniform", 256))]
+              ("sl-u256", "BPR", _sl("uniform", 256)),
+              ("sl-shared1000-sparse", "BPR", _sl("shared", 1000, sparse_update=True)),
+              ("sl-u256-sparse", "BPR", _sl("uniform", 256, sparse_update=True))]
 SMOKE_RUNS = [("recbole-bpr", "BPR", None), ("sl-u16", "BPR", _sl("uniform", 16))]
 
 GROUPS = {

@@ -43,6 +43,7 @@ class RecLossSettings:
     pair_score_fn: str = "tanh"
     loss_params: Params = ()
     sampler_params: Params = ()
+    sparse_update: bool = False
 
     @property
     def loss_kwargs(self) -> Dict[str, Any]:
@@ -84,9 +85,31 @@ class RecLossSettings:
                               hint="the exact softmax over every item is defined for the softmax-family losses; "
                                    "train the others with a sampled negative sampler")
         loss_kwargs = loss_cls.check({arg: cfg[key] for arg, key in loss_cls.params.items()}, neg_num)
+        sparse = _switch(cfg, "sparse_update", default=False)
+        if sparse:
+            _check_sparse_update(cfg)
         return cls(loss_cls.name, score_fn, eval_score_fn, cfg["neg_sampler"], neg_num, exclude, path, mode, k,
                    _switch(cfg, "cpu_malloc_tuning"), _switch(cfg, "cpu_flush_denormal"), pair_score_fn,
-                   tuple(loss_kwargs.items()), tuple(sampler_kwargs.items()))
+                   tuple(loss_kwargs.items()), tuple(sampler_kwargs.items()), sparse)
+
+
+# Learners whose update can follow row-sparse gradients: adam becomes recbole_dsl.optim.LazyAdam,
+# torch's SGD takes sparse gradients as they are.
+SPARSE_LEARNERS = ("adam", "sgd")
+
+
+def _check_sparse_update(cfg) -> None:
+    learner = str(cfg["learner"] or "adam").lower()
+    if learner not in SPARSE_LEARNERS:
+        raise ConfigError("learner", cfg["learner"], f"one of {list(SPARSE_LEARNERS)} with sparse_update: True",
+                          hint="sparse_update updates only the embedding rows a batch touched; RecBole's other "
+                               "learners need dense gradients")
+    if cfg["clip_grad_norm"]:
+        raise ConfigError("clip_grad_norm", cfg["clip_grad_norm"], "unset (None) with sparse_update: True",
+                          hint="clipping by the global norm reads every gradient densely")
+    if (cfg["nproc"] or 1) > 1 or (cfg["world_size"] or 1) > 1:
+        raise ConfigError("sparse_update", True, "False in distributed runs (nproc / world_size > 1)",
+                          hint="DistributedDataParallel averages dense gradients")
 
 
 def _switch(cfg, key: str, default: bool = True) -> bool:

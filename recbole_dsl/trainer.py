@@ -27,6 +27,7 @@ from recbole_dsl.checkpoint import load_checkpoint, save_checkpoint
 from recbole_dsl.compat import cpu_ddp, tune_cpu_malloc
 from recbole_dsl.errors import TrainingDiverged
 from recbole_dsl.losses import LOSSES
+from recbole_dsl.optim import LazyAdam
 from recbole_dsl.protocols.collector import Collector
 from recbole_dsl.data import UserGroupedTrainDataLoader
 from recbole_dsl.settings import plugin_settings
@@ -86,6 +87,15 @@ class RecLossTrainer(Trainer):
             # arise in some models' activations (NAIS's attention) and slow CPU arithmetic by
             # orders of magnitude; values below 1e-38 do not matter to a recommender's training.
             torch.set_flush_denormal(True)
+
+    def _build_optimizer(self, **kwargs):
+        # Runs before __init__ has kept the settings (RecBole's __init__ builds the optimizer).
+        rec = plugin_settings(self.config).rec
+        learner = str(kwargs.get("learner", self.learner)).lower()
+        if rec is None or not rec.sparse_update or learner != "adam":
+            return super()._build_optimizer(**kwargs)  # SGD takes row-sparse gradients as they are
+        return LazyAdam(kwargs.get("params", self.model.parameters()), lr=kwargs.get("learning_rate", self.learning_rate),
+                        weight_decay=kwargs.get("weight_decay", self.weight_decay))
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         s = self.rec_settings

@@ -130,6 +130,9 @@ class Adapter:
     user_batches: ClassVar[bool] = False
     # True where the `all` sampler (the exact softmax over every item) is served: all_items_loss.
     supports_all_items: ClassVar[bool] = False
+    # True where `sparse_update` is served: every training use of the model's embedding tables is a
+    # row lookup the adapter makes sparse. Not inherited (see EmbeddingAdapter.__init_subclass__).
+    supports_sparse_update: ClassVar[bool] = False
     # True where full-sort evaluation uses the plugin's score function on the model's
     # representations (embedding models); False keeps the model's own full_sort_predict / predict.
     evaluates_with_plugin_scores: ClassVar[bool] = False
@@ -162,6 +165,13 @@ class Adapter:
                 "neg_sampler", rec.neg_sampler, f"a sampled negative sampler for {config['model']}",
                 hint=f"'{rec.neg_sampler}' (the exact softmax over every item) serves the embedding models "
                      f"({served}); autoencoders and pair scorers train with uniform, popularity, in_batch or shared",
+            )
+        if rec.sparse_update and not cls.supports_sparse_update:
+            served = ", ".join(n for n, c in ADAPTERS.items() if c.supports_sparse_update)
+            raise ConfigError(
+                "sparse_update", True, f"False for {config['model']} (served: {served})",
+                hint="row-sparse updates need a model whose training uses its embedding tables by row lookups "
+                     "only; graph models and autoencoders use them whole",
             )
         cls.check_config(config)
 

@@ -32,10 +32,24 @@ class EmbeddingAdapter(Adapter):
 
     evaluates_with_plugin_scores = True
     supports_all_items = True
+    supports_sparse_update = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A subclass builds its representations its own way (histories, propagation, towers): it
+        # serves sparse_update only where it says so itself.
+        if "supports_sparse_update" not in cls.__dict__:
+            cls.supports_sparse_update = False
 
     def __init__(self, model, dataset, settings):
         super().__init__(model, dataset, settings)
         self._eval_reps: Optional[Tuple[Optional[Tensor], Tensor]] = None
+        # sparse_update: the tables' lookups (the batch users, the model's regulariser) give
+        # row-sparse gradients; the item table's rows are looked up sparsely by the score path.
+        self.sparse = bool(settings.sparse_update) and type(self).supports_sparse_update
+        if self.sparse:
+            model.user_embedding.sparse = True
+            model.item_embedding.sparse = True
 
     def choose_score_path(self) -> str:
         if self.user_batches:  # one [B_u, n_items] product per batch
@@ -70,7 +84,7 @@ class EmbeddingAdapter(Adapter):
         score_fn = self.settings.score_fn
         if rows.row_of is None:
             return batch_scores(out.user_e, out.items, rows.pos_item, neg_item, score_fn, self.score_path,
-                                needs.affinity_alpha)
+                                needs.affinity_alpha, sparse=self.sparse)
         # User-level batches: one [B_u, n_items] product, then each row's columns.
         pos, neg = pick_rows(all_item_scores(out.user_e, out.items, score_fn), rows, neg_item)
         return self.with_affinity(pos, neg, rows, neg_item, needs, table=out.items)
