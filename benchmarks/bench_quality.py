@@ -56,6 +56,10 @@ VARIANTS = {
     "PSL tanh": ({"rec_loss": "PSL", "psl_activation": "tanh"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
     "PSL atan": ({"rec_loss": "PSL", "psl_activation": "atan"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
     "PSL relu": ({"rec_loss": "PSL", "psl_activation": "relu"}, [{"loss_tau": t} for t in (0.05, 0.1)]),
+    # sparse_update (lazy Adam on row-sparse gradients) against SL's dense Adam: the gather path,
+    # so that the item table's gradient is row-sparse too (ml-100k's auto path is the full one).
+    "SL, sparse_update (gather path)": ({"rec_loss": "SL", "score_path": "gather", "sparse_update": True},
+                                        [{"loss_tau": t} for t in (0.1, 0.2)]),
 }
 
 

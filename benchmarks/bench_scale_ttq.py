@@ -35,6 +35,11 @@ RUNS = {
     "RecBole BPR, lr 1e-3": ("recbole", {"learning_rate": 1e-3}),
     "MF+SL N=256, lr 5e-3": ("plugin", {"learning_rate": 5e-3, "rec_loss": "SL", "neg_num": 256}),
     "MF+SL N=256, lr 1e-3": ("plugin", {"learning_rate": 1e-3, "rec_loss": "SL", "neg_num": 256}),
+    "MF+SL shared N=1000, lr 5e-3": ("plugin", {"learning_rate": 5e-3, "rec_loss": "SL", "neg_sampler": "shared",
+                                                "neg_num": 1000}),
+    "MF+SL shared N=1000, sparse_update, lr 5e-3": ("plugin", {"learning_rate": 5e-3, "rec_loss": "SL",
+                                                               "neg_sampler": "shared", "neg_num": 1000,
+                                                               "sparse_update": True}),
 }
 
 
