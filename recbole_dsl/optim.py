@@ -63,6 +63,26 @@ class LazyAdam(torch.optim.Optimizer):
         return loss
 
 
+# Above this share of touched rows the lazy update runs as dense passes with a row mask: gathering
+# and scattering most of a table costs more than passing over all of it (41k x 64 on a 2-core
+# EPYC: dense Adam 5-9 ms; the row-wise update of every row 25 ms, of 40% of them 8.5 ms, of 3k
+# rows 2 ms; the masked passes 9.6 ms).
+DENSE_ROWS_SHARE = 0.5
+
+
+def _masked_dense_rows(p, rows, g_rows, m, v, b1, b2, eps, wd, step_size, root_bc2) -> None:
+    """The lazy update of ``rows`` by whole-table passes: the touched rows' weights are 1 - beta,
+    the others' 0, so an untouched row's moments and value stay exactly as they were."""
+    g = torch.zeros_like(p).index_copy_(0, rows, g_rows)
+    touched = torch.zeros((p.shape[0],) + (1,) * (p.dim() - 1), dtype=p.dtype, device=p.device)
+    touched.index_fill_(0, rows, 1.0)
+    if wd != 0:
+        g.addcmul_(p, touched, value=wd)
+    m.lerp_(g, touched * (1 - b1))
+    v.mul_(touched.mul(b2 - 1).add_(1)).addcmul_(g, g, value=1 - b2)
+    p.addcdiv_(m * touched, v.sqrt().div_(root_bc2).add_(eps), value=-step_size)
+
+
 def _sparse_rows(p, grad, m, v, b1, b2, eps, wd, step_size, root_bc2) -> None:
     grad = grad.coalesce()  # one entry per touched row, duplicates summed
     if grad.sparse_dim() == 1:  # what an embedding lookup gives: whole rows
@@ -71,6 +91,9 @@ def _sparse_rows(p, grad, m, v, b1, b2, eps, wd, step_size, root_bc2) -> None:
         rows = torch.unique(grad.indices()[0])
         g = grad.to_dense().index_select(0, rows)
     if rows.numel() == 0:
+        return
+    if rows.numel() > DENSE_ROWS_SHARE * p.shape[0]:
+        _masked_dense_rows(p, rows, g, m, v, b1, b2, eps, wd, step_size, root_bc2)
         return
     if wd != 0:
         g = g.add(p.index_select(0, rows), alpha=wd)

@@ -62,8 +62,18 @@ def _slow_lazy_adam(p0, steps, lr=0.05, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
     return p, m, v
 
 
+@pytest.fixture(params=["row-wise", "masked"])
+def update_mode(request, monkeypatch):
+    """Both implementations of the lazy update: gathering the touched rows, or whole-table passes
+    with a row mask (what LazyAdam uses when most rows are touched)."""
+    import recbole_dsl.optim as optim
+
+    monkeypatch.setattr(optim, "DENSE_ROWS_SHARE", 1.0 if request.param == "row-wise" else 0.0)
+    return request.param
+
+
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-def test_lazy_adam_on_sparse_gradients_updates_touched_rows_only(wd):
+def test_lazy_adam_on_sparse_gradients_updates_touched_rows_only(wd, update_mode):
     gen = torch.Generator().manual_seed(2)
     # rows repeat within a step (summed) and rows 4, 5 are never touched
     steps = [(torch.tensor([0, 2, 2]), torch.randn(3, 3, dtype=DT, generator=gen)),
@@ -80,7 +90,7 @@ def test_lazy_adam_on_sparse_gradients_updates_touched_rows_only(wd):
     assert torch.equal(ours[4:], p0[4:]) and not state["exp_avg"][4:].any()
 
 
-def test_lazy_adam_with_every_row_touched_is_adam():
+def test_lazy_adam_with_every_row_touched_is_adam(update_mode):
     gen = torch.Generator().manual_seed(3)
     grads = [torch.randn(6, 3, dtype=DT, generator=gen) for _ in range(5)]
     sparse = [lambda p, g=g: g.to_sparse(sparse_dim=1) for g in grads]
@@ -89,7 +99,7 @@ def test_lazy_adam_with_every_row_touched_is_adam():
                                rtol=1e-12, atol=1e-14)
 
 
-def test_lazy_adam_state_round_trips():
+def test_lazy_adam_state_round_trips(update_mode):
     gen = torch.Generator().manual_seed(4)
     # element-sparse (sparse_dim 2): a row counts as touched where any of its elements is
     grads = [torch.randn(6, 3, dtype=DT, generator=gen).to_sparse() for _ in range(4)]
