@@ -57,6 +57,16 @@ def test_positive_set_shared_membership_and_pairs(positive_set):
     assert torch.equal(got, mask[user]) and row.numel() == int(mask[user].sum())
 
 
+def test_pairs_of_users_without_positives(monkeypatch):
+    # users 1, 3 and 4 (the last ones included) have no training pair
+    monkeypatch.setattr(PositiveSet, "max_dense_cells", 0)
+    ps = PositiveSet(torch.tensor([0, 0, 2]), torch.tensor([3, 1, 5]), n_items=7, n_users=5)
+    row, item = ps.pairs_of(torch.tensor([4, 0, 3, 2, 1, 0]))
+    assert sorted(zip(row.tolist(), item.tolist())) == [(1, 1), (1, 3), (3, 5), (5, 1), (5, 3)]
+    assert torch.equal(ps.contains_cols(torch.tensor([4, 2]), torch.tensor([5, 5, 1])),
+                       torch.tensor([[False, False, False], [True, True, False]]))
+
+
 def counts_of(n_items, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = torch.randint(1, 50, (n_items,), generator=g)

@@ -80,7 +80,7 @@ from torch import Tensor
 
 from recbole_dsl.checks import check_bool, check_choice, check_int, check_positive
 from recbole_dsl.errors import ConfigError
-from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, check_mask, zero_empty_rows
+from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, any_per_row, check_mask, zero_empty_rows
 from recbole_dsl.losses.sl import check_scores, sl_loss
 
 QUANTILES = ("sample", "catalogue")
@@ -153,7 +153,7 @@ def slk_loss(
     beta = slk_quantile(pos, neg, k, n_items, quantile, neg_mask)
     weight = slk_weight(pos, beta, tau_w, detach_weight)
     sl = sl_loss(pos, neg, tau, neg_mask=neg_mask)  # checks the shapes and the mask; empty rows 0
-    rows = None if neg_mask is None else neg_mask.any(dim=1)
+    rows = None if neg_mask is None else any_per_row(neg_mask)
     return zero_empty_rows(weight * sl, rows)
 
 
@@ -207,7 +207,7 @@ class SLKLoss(RecLoss):
         n_items = getattr(ctx, "n_items", None)
         beta = slk_quantile(pos, neg, self.k, n_items, self.quantile, ctx.neg_mask)
         weight = slk_weight(pos, beta, self.tau_w, self.detach_weight)
-        rows = None if ctx.neg_mask is None else ctx.neg_mask.any(dim=1)
+        rows = None if ctx.neg_mask is None else any_per_row(ctx.neg_mask)
         self._last = (weight.detach(), beta, rows)
         return zero_empty_rows(weight * sl_loss(pos, neg, self.tau, neg_mask=ctx.neg_mask), rows)
 

@@ -60,11 +60,15 @@ class PositiveSet:
         self.dense = None
         self.keys = None
         self.filter = None
+        self.starts = None
         if n_users * self.n_items <= self.max_dense_cells:
             self.dense = torch.zeros(n_users, self.n_items, dtype=torch.bool)
             self.dense[users, items] = True
         else:
             self.keys = torch.unique(users * self.n_items + items)  # sorted
+            # Where each user's run of keys starts (n_users + 1 entries): a batch's pairs without
+            # two binary searches over every key per batch.
+            self.starts = torch.searchsorted(self.keys, torch.arange(n_users + 1) * self.n_items)
             cells = max(64, self.keys.numel() * self.filter_cells_per_pair)
             self._bits = (cells - 1).bit_length()
             slots = torch.unique(self._slot(self.keys))
@@ -88,6 +92,7 @@ class PositiveSet:
         else:
             self.keys = self.keys.to(device)
             self.filter = self.filter.to(device)
+            self.starts = self.starts.to(device)
         return self
 
     def contains_rows(self, user: Tensor, items: Tensor) -> Tensor:
@@ -111,18 +116,22 @@ class PositiveSet:
             return self.dense[user.unsqueeze(1), items.unsqueeze(0)].nonzero(as_tuple=True)
         # Testing all B x N pairs would be B x N lookups (2 M for 2048 rows and 1000 shared
         # items); the batch users' own positives are far fewer (their degrees summed), so look
-        # those up among the N items instead.
+        # those up among the N items instead: one lookup in a table of the N items rules out
+        # most of them, only the rest are searched for their positions.
         row, item = self.pairs_of(user)
-        return positions_among(items, row, item)
+        drawn = torch.zeros(self.n_items, dtype=torch.bool, device=items.device)
+        drawn[items] = True
+        keep = drawn[item]
+        return positions_among(items, row[keep], item[keep])
 
     def pairs_of(self, user: Tensor) -> Tuple[Tensor, Tensor]:
         """(row, item): every training positive of each user[row], as flat [M] tensors."""
         if self.dense is not None:
             return self.dense[user].nonzero(as_tuple=True)
         # Keys are sorted by user, then item: a user's positives are one contiguous run.
-        u = user.long() * self.n_items
-        start = torch.searchsorted(self.keys, u)
-        lens = torch.searchsorted(self.keys, u + self.n_items) - start
+        user = user.long()
+        start = self.starts[user]
+        lens = self.starts[user + 1] - start
         row = torch.repeat_interleave(torch.arange(user.shape[0], device=user.device), lens)
         offs = torch.arange(row.numel(), device=user.device) - (torch.cumsum(lens, 0) - lens)[row]
         return row, self.keys[start[row] + offs] % self.n_items
