@@ -125,7 +125,7 @@ def main():
     ap.add_argument("--max-epochs", type=int, default=300)
     ap.add_argument("--stopping-step", type=int, default=10)
     ap.add_argument("--cap", type=float, default=1500, help="training seconds per run before it is stopped")
-    ap.add_argument("--only", default=None, help="comma-separated run names")
+    ap.add_argument("--only", default=None, help="run names separated by semicolons (names contain commas)")
     ap.add_argument("--run-to-stop", dest="stop_at_target", action="store_false",
                     help="run the plugin's runs to their own early stop instead of stopping at BPR's best")
     ap.add_argument("--report", action="store_true")
@@ -134,7 +134,7 @@ def main():
     path.parent.mkdir(parents=True, exist_ok=True)
     if not a.report:
         finished = {r["run"] for r in load(path) if r.get("done")}
-        for name in (a.only.split(",") if a.only else RUNS):
+        for name in ([n.strip() for n in a.only.split(";")] if a.only else RUNS):
             if name in finished:
                 print(f"{name}: finished in {path}, skipped")
                 continue
