@@ -41,13 +41,22 @@ def _sigmoid(x):
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
-def _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps):
+def _ref_intensity(xs, measure):
+    if measure == "sigmoid":
+        return sum(_sigmoid(x) for x in xs) / len(xs)
+    if measure == "margin":
+        return sum(xs) / len(xs)
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs) / len(xs))
+
+
+def _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps, intensity="sigmoid"):
     b = len(pos)
     inten = []
     for r in range(b):
         row = sorted(neg[r], reverse=True)
         k = len(row) if slate_size is None else slate_size
-        inten.append(sum(_sigmoid((x - pos[r]) / tau) for x in row[:k]) / k)
+        inten.append(_ref_intensity([(x - pos[r]) / tau for x in row[:k]], intensity))
     mean = sum(inten) / b
     std = math.sqrt(sum((x - mean) ** 2 for x in inten) / b)
     z = [(x - mean) / (std + eps) for x in inten]
@@ -58,12 +67,12 @@ def _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps):
 
 
 def ref_dsl(pos, neg, tau, item_sim=None, kappa=0.0, alpha=0.5, slate_size=None, gamma=0.0,
-            tau_range=3.0, max_weight=None, eps=1e-6):
+            tau_range=3.0, max_weight=None, eps=1e-6, intensity="sigmoid"):
     pos = [float(x) for x in pos.double().tolist()]
     neg = [[float(x) for x in row] for row in neg.double().tolist()]
     sim = None if item_sim is None else item_sim.double().tolist()
     b, n = len(neg), len(neg[0])
-    temps = _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps) if gamma != 0 else [tau] * b
+    temps = _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps, intensity) if gamma != 0 else [tau] * b
     out, weights = [], []
     for r in range(b):
         w = _ref_weights(neg[r], sim[r] if sim else None, kappa, alpha, max_weight) if kappa != 0 else [1.0] * n
@@ -92,6 +101,10 @@ CASES = {
     "max_weight": dict(kappa=6.0, alpha=0.2, max_weight=1.5),
     "everything": dict(kappa=6.0, alpha=0.0, gamma=3.0, tau_range=1.3, max_weight=1.8, slate_size=4),
     "alpha_one": dict(kappa=4.0, alpha=1.0, gamma=0.5),
+    "intensity_lse": dict(kappa=2.0, alpha=0.5, gamma=0.7, intensity="lse"),
+    "intensity_lse_slate": dict(gamma=1.0, slate_size=3, intensity="lse"),
+    "intensity_margin": dict(gamma=0.7, intensity="margin"),
+    "intensity_margin_slate": dict(kappa=2.0, alpha=0.5, gamma=-0.8, slate_size=2, intensity="margin"),
 }
 
 
@@ -288,11 +301,13 @@ def test_registered_and_params():
     assert DSLLoss.params == {
         "tau": "loss_tau", "kappa": "dsl_kappa", "alpha": "dsl_alpha", "slate_size": "dsl_slate_size",
         "gamma": "dsl_gamma", "tau_range": "dsl_tau_range", "max_weight": "dsl_max_weight",
-        "reweight": "dsl_reweight", "temperature": "dsl_temperature",
+        "reweight": "dsl_reweight", "temperature": "dsl_temperature", "intensity": "dsl_intensity",
     }
     cfg = {"loss_tau": 0.2, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_slate_size": None, "dsl_gamma": 0.5,
-           "dsl_tau_range": 3.0, "dsl_max_weight": None, "dsl_reweight": True, "dsl_temperature": True}
+           "dsl_tau_range": 3.0, "dsl_max_weight": None, "dsl_reweight": True, "dsl_temperature": True,
+           "dsl_intensity": "lse"}
     m = DSLLoss.from_config(cfg)
+    assert m.intensity == "lse"
     assert m.tau == 0.2 and m.needs == ScoreNeeds(affinity_alpha=0.5)
 
 
@@ -394,6 +409,8 @@ def test_module_requires_the_affinity_it_declared():
     ("dsl_kappa", dict(kappa=float("nan"))),
     ("dsl_gamma", dict(gamma="big")),
     ("dsl_reweight", dict(reweight="yes")),
+    ("dsl_intensity", dict(intensity="max")),
+    ("dsl_intensity", dict(intensity=None)),
 ])
 def test_config_errors(key, kwargs):
     with pytest.raises(ConfigError) as ei:
@@ -402,9 +419,16 @@ def test_config_errors(key, kwargs):
     assert key in str(ei.value)
 
 
+def test_unknown_intensity_names_the_known_ones():
+    with pytest.raises(ConfigError) as ei:
+        DSLLoss(intensity="max")
+    assert all(m in str(ei.value) for m in ("sigmoid", "lse", "margin"))
+
+
 def test_slate_size_is_checked_against_neg_num():
     base = {arg: None for arg in DSLLoss.params}
-    base.update(tau=0.3, kappa=2.0, alpha=0.5, gamma=0.5, tau_range=3.0, reweight=True, temperature=True)
+    base.update(tau=0.3, kappa=2.0, alpha=0.5, gamma=0.5, tau_range=3.0, reweight=True, temperature=True,
+                intensity="sigmoid")
     DSLLoss.check(dict(base, slate_size=10), neg_num=10)
     DSLLoss.check(dict(base, slate_size=10), neg_num=100)
     with pytest.raises(ConfigError) as ei:

@@ -37,6 +37,10 @@ CONFIGS = {
         dict(tau=0.3, kappa=-1.5, alpha=1.0, gamma=-0.5, slate_size=40),  # hardness only, K > catalogue
         dict(tau=0.2, reweight=False, gamma=0.5, slate_size=5),
         dict(tau=0.2, reweight=False, temperature=False),
+        dict(tau=0.2, reweight=False, gamma=0.5, slate_size=None, intensity="lse"),
+        dict(tau=0.2, reweight=False, gamma=0.5, slate_size=None, intensity="margin"),
+        dict(tau=0.2, kappa=2.0, alpha=1.0, gamma=0.5, slate_size=5, intensity="lse"),
+        dict(tau=0.2, reweight=False, gamma=0.5, slate_size=5, intensity="margin"),
     ],
 }
 NAMES = LOSSES.names()

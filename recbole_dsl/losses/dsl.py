@@ -42,13 +42,40 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from recbole_dsl.checks import MAX_STRENGTH, check_bool, check_int, check_positive, check_real, check_strength
+from recbole_dsl.checks import (
+    MAX_STRENGTH, check_bool, check_choice, check_int, check_positive, check_real, check_strength,
+)
 from recbole_dsl.errors import ConfigError
 from recbole_dsl.losses.base import LOSSES, LossContext, RecLoss, ScoreNeeds, prepare_mask
 from recbole_dsl.losses.lse import scaled_logsumexp
 from recbole_dsl.losses.full import (
     AllItems, cap_log_scale_all, row_lse_all, row_stats_all, row_sum_all, row_topk_all,
 )
+
+
+# How strongly a row's slate competes with its positive, from the slate's scaled margins
+# x_j = (s_n[j] - s_p) / tau: the mean sigmoid (soft count of negatives above the positive), the
+# log-mean-exp (a soft maximum), or the mean margin itself (linear in the scores).
+INTENSITIES = ("sigmoid", "lse", "margin")
+
+
+def slate_intensity(x: Tensor, valid: Optional[Tensor] = None, measure: str = "sigmoid",
+                    own: bool = False) -> Tensor:
+    """I_b [B] of the scaled margins x [B, K]; ``valid`` [B, K] bool marks the slate's entries
+    (None: all). A row without an entry gives 0. ``own``: x may be overwritten."""
+    if measure not in INTENSITIES:
+        raise ConfigError("dsl_intensity", measure, f"one of {', '.join(INTENSITIES)}")
+    k = x.shape[1]
+    if valid is None:
+        if measure == "lse":
+            return torch.logsumexp(x, dim=1) - math.log(k)
+        return (x.sigmoid_() if own else x.sigmoid()).mean(dim=1) if measure == "sigmoid" else x.mean(dim=1)
+    count = valid.sum(dim=1)
+    if measure == "lse":
+        lme = torch.logsumexp(x.masked_fill(~valid, float("-inf")), dim=1) - torch.log(count.clamp_min(1).to(x.dtype))
+        return torch.where(count > 0, lme, torch.zeros_like(lme))
+    f = x.sigmoid() if measure == "sigmoid" else x
+    return f.masked_fill(~valid, 0.0).sum(dim=1) / count.clamp_min(1).to(x.dtype)
 
 
 def _check_scores(pos: Tensor, neg: Tensor) -> None:
@@ -129,7 +156,7 @@ def _cap_log_weights(log_w: Tensor, cap: float, n_valid: Optional[Tensor] = None
 @torch.no_grad()
 def _log_temperatures(
     pos: Tensor, neg: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float,
-    eps: float, mask: Optional[Tensor] = None, rows: Optional[Tensor] = None,
+    eps: float, mask: Optional[Tensor] = None, rows: Optional[Tensor] = None, measure: str = "sigmoid",
 ) -> Tensor:
     """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau.
 
@@ -150,7 +177,7 @@ def _log_temperatures(
         slate = neg.detach() if k == n else torch.topk(neg.detach(), k, dim=1, sorted=False).values
         # d_j / tau = s_n[j] / tau - s_p / tau in one broadcast pass, straight from the scores
         scaled = torch.add((pos.detach() * (-1.0 / tau)).unsqueeze(1), slate, alpha=1.0 / tau)
-        intensity = scaled.sigmoid_().mean(dim=1)
+        intensity = slate_intensity(scaled, None, measure, own=True)
         mean = intensity.mean()
         std = intensity.std(unbiased=False)
         z = (intensity - mean) / (std + eps)
@@ -159,14 +186,12 @@ def _log_temperatures(
         # rescale after the clip so that the batch's geometric mean is exactly tau
         return log_tau_b - (log_tau_b.mean() - log_tau)
     if k == n:
-        d = neg.detach() - pos.detach().unsqueeze(1)
-        sig = torch.sigmoid(d * (1.0 / tau)) * mask
-        intensity = sig.sum(dim=1) / mask.sum(dim=1).to(sig.dtype)
+        d = (neg.detach() - pos.detach().unsqueeze(1)) * (1.0 / tau)
+        intensity = slate_intensity(d, mask, measure)
     else:
         top = torch.topk(neg.detach().masked_fill(~mask, float("-inf")), k, dim=1, sorted=False).values
         in_slate = torch.isfinite(top)
-        sig = torch.sigmoid((top - pos.detach().unsqueeze(1)) * (1.0 / tau)) * in_slate
-        intensity = sig.sum(dim=1) / in_slate.sum(dim=1).clamp_min(1).to(sig.dtype)
+        intensity = slate_intensity((top - pos.detach().unsqueeze(1)) * (1.0 / tau), in_slate, measure)
     return _log_temperatures_of(intensity, tau, gamma, tau_range, eps, rows)
 
 
@@ -200,6 +225,7 @@ def _dsl_parts(
     eps: float,
     neg_mask: Optional[Tensor] = None,
     affinity: Optional[Tensor] = None,
+    intensity: str = "sigmoid",
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tuple[Tensor, Tensor]]]:
     """(per-row loss [B], log tau_b [B] or None, (u [B, N], o [B]) or None); None = branch inactive.
     The log weights are u + o[:, None] (see `_log_weights`). With ``neg_mask`` masked negatives
@@ -209,7 +235,7 @@ def _dsl_parts(
     mask, rows = prepare_mask(neg, neg_mask)
     n_valid = None if mask is None else mask.sum(dim=1)
     log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid, affinity) if kappa != 0 else None
-    log_tau_b = (_log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps, mask, rows)
+    log_tau_b = (_log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps, mask, rows, intensity)
                  if gamma != 0 else None)
     inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b)
     log_n = math.log(n) if mask is None else torch.log(n_valid.to(neg.dtype))
@@ -242,6 +268,7 @@ def dsl_loss(
     return_stats: bool = False,
     neg_mask: Optional[Tensor] = None,
     affinity: Optional[Tensor] = None,
+    intensity: str = "sigmoid",
 ):
     """Dual-scale softmax, per row (no reduction):
     ``l_b = logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) - log N``.
@@ -253,6 +280,7 @@ def dsl_loss(
     ``affinity`` [B, N] may replace ``item_sim``: the reweighting's ``a`` already mixed,
     ``alpha * s_n + (1 - alpha) * cos(p, n)`` (the score path can produce it with one product,
     see recbole_dsl.scoring.batch_scores); ``alpha`` is then not used.
+    ``intensity`` (see `slate_intensity`) is the slate's competition measure behind tau_b.
     ``neg_mask`` ([B, N] bool, True = valid): masked negatives take no part (logsumexp, weights,
     slate, N); a row with no valid negative gives 0 and is left out of the batch statistics.
 
@@ -260,7 +288,8 @@ def dsl_loss(
     (constant tau / ones for an inactive branch).
     """
     loss, log_tau_b, log_w = _dsl_parts(
-        pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps, neg_mask, affinity
+        pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps, neg_mask, affinity,
+        intensity,
     )
     if not return_stats:
         return loss
@@ -339,6 +368,7 @@ class DSLLoss(RecLoss):
         "max_weight": "dsl_max_weight",
         "reweight": "dsl_reweight",
         "temperature": "dsl_temperature",
+        "intensity": "dsl_intensity",
     }
 
     # Defaults are properties/loss/DSL.yaml's (the validation choice, BENCHMARKS.md "DSL versus SL").
@@ -353,10 +383,12 @@ class DSLLoss(RecLoss):
         max_weight: Optional[float] = None,
         reweight: bool = True,
         temperature: bool = True,
+        intensity: str = "sigmoid",
     ):
         super().__init__()
         kw = self.check(dict(tau=tau, kappa=kappa, alpha=alpha, slate_size=slate_size, gamma=gamma,
-                             tau_range=tau_range, max_weight=max_weight, reweight=reweight, temperature=temperature))
+                             tau_range=tau_range, max_weight=max_weight, reweight=reweight, temperature=temperature,
+                             intensity=intensity))
         self.tau = kw["tau"]
         self.kappa = kw["kappa"]
         self.alpha = kw["alpha"]
@@ -366,6 +398,7 @@ class DSLLoss(RecLoss):
         self.max_weight = kw["max_weight"]
         self.reweight = kw["reweight"]
         self.temperature = kw["temperature"]
+        self.intensity = kw["intensity"]
         # effective strengths after the ablation switches
         self.eff_kappa = self.kappa if self.reweight else 0.0
         self.eff_gamma = self.gamma if self.temperature else 0.0
@@ -396,6 +429,7 @@ class DSLLoss(RecLoss):
                                           lambda v: v >= 1)
         kw["reweight"] = check_bool("dsl_reweight", kw["reweight"])
         kw["temperature"] = check_bool("dsl_temperature", kw["temperature"])
+        kw["intensity"] = check_choice("dsl_intensity", kw.get("intensity", "sigmoid"), INTENSITIES)
         return kw
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
@@ -408,7 +442,7 @@ class DSLLoss(RecLoss):
         loss, log_tau_b, log_w = _dsl_parts(
             pos, neg, self.tau, None, self.eff_kappa, self.alpha, self.slate_size,
             self.eff_gamma, self.tau_range, self.max_weight, 1e-6, ctx.neg_mask,
-            ctx.neg_affinity if alpha is not None else None,
+            ctx.neg_affinity if alpha is not None else None, self.intensity,
         )
         # keep references only (detached, no copies); the summaries are computed on demand
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
@@ -480,13 +514,18 @@ class DSLLoss(RecLoss):
         k = n_real if self.slate_size is None else min(int(self.slate_size), n_real)
         p = pos.detach()
         if k >= n_real:  # the slate is every valid item
-            total = row_sum_all(u, items, lambda s, q: torch.sigmoid((s - q) * (1.0 / tau)), (p,), **kw)
-            intensity = total / all_items.counts.clamp_min(1).to(total.dtype)
+            count = all_items.counts.clamp_min(1)
+            if self.intensity == "lse":
+                lse = row_lse_all(u, items, lambda s, q: (s - q) * (1.0 / tau), (p,), **kw)
+                intensity = lse - torch.log(count.to(lse.dtype))
+            else:
+                f = (lambda s, q: torch.sigmoid((s - q) * (1.0 / tau))) if self.intensity == "sigmoid" else \
+                    (lambda s, q: (s - q) * (1.0 / tau))
+                total = row_sum_all(u, items, f, (p,), **kw)
+                intensity = total / count.to(total.dtype)
         else:
             top = row_topk_all(u, items, k, **kw)
-            in_slate = torch.isfinite(top)
-            sig = torch.sigmoid((top - p.unsqueeze(1)) * (1.0 / tau)) * in_slate
-            intensity = sig.sum(dim=1) / in_slate.sum(dim=1).clamp_min(1).to(sig.dtype)
+            intensity = slate_intensity((top - p.unsqueeze(1)) * (1.0 / tau), torch.isfinite(top), self.intensity)
         return _log_temperatures_of(intensity, tau, self.eff_gamma, self.tau_range, 1e-6, all_items.rows)
 
     def diagnostics(self) -> Dict[str, Tensor]:
@@ -519,5 +558,5 @@ class DSLLoss(RecLoss):
         return (
             f"tau={self.tau}, kappa={self.kappa}, alpha={self.alpha}, slate_size={self.slate_size}, "
             f"gamma={self.gamma}, tau_range={self.tau_range}, max_weight={self.max_weight}, "
-            f"reweight={self.reweight}, temperature={self.temperature}"
+            f"reweight={self.reweight}, temperature={self.temperature}, intensity={self.intensity}"
         )
