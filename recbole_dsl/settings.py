@@ -84,7 +84,7 @@ class RecLossSettings:
             raise ConfigError("rec_loss", cfg["rec_loss"], f"one of {served} with neg_sampler: {cfg['neg_sampler']}",
                               hint="the exact softmax over every item is defined for the softmax-family losses; "
                                    "train the others with a sampled negative sampler")
-        loss_kwargs = loss_cls.check({arg: cfg[key] for arg, key in loss_cls.params.items()}, neg_num)
+        loss_kwargs = loss_cls.check(loss_cls.config_kwargs(cfg), neg_num)
         sparse = _switch(cfg, "sparse_update", default=False)
         if sparse:
             _check_sparse_update(cfg)

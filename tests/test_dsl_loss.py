@@ -15,9 +15,11 @@ from recbole_dsl.scoring import mix_affinity
 # ---------------------------------------------------------------------------------------------
 # Reference: per row, python floats (float64), explicit loops, explicit sort, explicit statistics.
 # ---------------------------------------------------------------------------------------------
-def _ref_weights(sn, sim, kappa, alpha, max_weight):
+def _ref_weights(sn, sim, kappa, alpha, max_weight, fn_threshold=None):
     n = len(sn)
     a = [alpha * sn[j] + (1 - alpha) * (sim[j] if sim is not None else 0.0) for j in range(n)]
+    if fn_threshold is not None:  # beyond t, a negative counts as far below t as it is above
+        a = [x if x <= fn_threshold else fn_threshold - (x - fn_threshold) for x in a]
     m = max(kappa * x for x in a)
     e = [math.exp(kappa * x - m) for x in a]
     tot = sum(e)
@@ -67,7 +69,7 @@ def _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps, intensity="sigm
 
 
 def ref_dsl(pos, neg, tau, item_sim=None, kappa=0.0, alpha=0.5, slate_size=None, gamma=0.0,
-            tau_range=3.0, max_weight=None, eps=1e-6, intensity="sigmoid"):
+            tau_range=3.0, max_weight=None, eps=1e-6, intensity="sigmoid", fn_threshold=None):
     pos = [float(x) for x in pos.double().tolist()]
     neg = [[float(x) for x in row] for row in neg.double().tolist()]
     sim = None if item_sim is None else item_sim.double().tolist()
@@ -75,7 +77,8 @@ def ref_dsl(pos, neg, tau, item_sim=None, kappa=0.0, alpha=0.5, slate_size=None,
     temps = _ref_temps(pos, neg, tau, slate_size, gamma, tau_range, eps, intensity) if gamma != 0 else [tau] * b
     out, weights = [], []
     for r in range(b):
-        w = _ref_weights(neg[r], sim[r] if sim else None, kappa, alpha, max_weight) if kappa != 0 else [1.0] * n
+        w = (_ref_weights(neg[r], sim[r] if sim else None, kappa, alpha, max_weight, fn_threshold)
+             if kappa != 0 else [1.0] * n)
         logits = [(neg[r][j] - pos[r]) / temps[r] + math.log(w[j]) for j in range(n)]
         m = max(logits)
         out.append(m + math.log(sum(math.exp(x - m) for x in logits)) - math.log(n))
@@ -105,6 +108,9 @@ CASES = {
     "intensity_lse_slate": dict(gamma=1.0, slate_size=3, intensity="lse"),
     "intensity_margin": dict(gamma=0.7, intensity="margin"),
     "intensity_margin_slate": dict(kappa=2.0, alpha=0.5, gamma=-0.8, slate_size=2, intensity="margin"),
+    "false_negatives": dict(kappa=3.0, alpha=0.5, gamma=0.7, fn_threshold=0.2),
+    "false_negatives_hardness_capped": dict(kappa=4.0, alpha=1.0, max_weight=1.6, fn_threshold=0.1),
+    "false_negatives_similarity_only": dict(kappa=2.0, alpha=0.0, fn_threshold=-0.3),
 }
 
 
@@ -302,12 +308,13 @@ def test_registered_and_params():
         "tau": "loss_tau", "kappa": "dsl_kappa", "alpha": "dsl_alpha", "slate_size": "dsl_slate_size",
         "gamma": "dsl_gamma", "tau_range": "dsl_tau_range", "max_weight": "dsl_max_weight",
         "reweight": "dsl_reweight", "temperature": "dsl_temperature", "intensity": "dsl_intensity",
+        "fn_threshold": "dsl_fn_threshold",
     }
     cfg = {"loss_tau": 0.2, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_slate_size": None, "dsl_gamma": 0.5,
            "dsl_tau_range": 3.0, "dsl_max_weight": None, "dsl_reweight": True, "dsl_temperature": True,
            "dsl_intensity": "lse"}
-    m = DSLLoss.from_config(cfg)
-    assert m.intensity == "lse"
+    m = DSLLoss.from_config(cfg)  # cfg lacks dsl_fn_threshold (a checkpoint older than it): its default
+    assert m.intensity == "lse" and m.fn_threshold is None
     assert m.tau == 0.2 and m.needs == ScoreNeeds(affinity_alpha=0.5)
 
 
@@ -320,6 +327,24 @@ def test_yaml_defaults_build_the_module():
     assert set(DSLLoss.params.values()) <= set(cfg)
     assert cfg["dsl_slate_size"] is None and cfg["dsl_max_weight"] is None and cfg["score_fn"] == "cosine"
     DSLLoss.from_config(cfg)
+
+
+def test_false_negative_fold_peaks_at_the_threshold():
+    # One row, negatives at evenly spaced affinities: with the fold the heaviest is the one at t,
+    # two negatives equally far on either side of t weigh the same, and t above every affinity
+    # changes nothing.
+    a = torch.linspace(-0.8, 0.8, 9, dtype=torch.float64).unsqueeze(0)
+    pos = torch.zeros(1, dtype=torch.float64)
+    _, st = dsl_loss(pos, a, 0.2, kappa=4.0, alpha=1.0, fn_threshold=0.4, return_stats=True)
+    w = st["w"][0]
+    assert int(w.argmax()) == 6  # a = 0.4
+    torch.testing.assert_close(w[5], w[7])  # 0.2 and 0.6
+    torch.testing.assert_close(w[4], w[8])  # 0.0 and 0.8
+    assert w.mean().item() == pytest.approx(1.0)
+    _, plain = dsl_loss(pos, a, 0.2, kappa=4.0, alpha=1.0, return_stats=True)
+    _, high = dsl_loss(pos, a, 0.2, kappa=4.0, alpha=1.0, fn_threshold=1.0, return_stats=True)
+    torch.testing.assert_close(high["w"], plain["w"])
+    assert DSLLoss(fn_threshold=0.5).fn_threshold == 0.5 and DSLLoss().fn_threshold is None
 
 
 def test_needs_are_declared_per_instance():
@@ -411,6 +436,8 @@ def test_module_requires_the_affinity_it_declared():
     ("dsl_reweight", dict(reweight="yes")),
     ("dsl_intensity", dict(intensity="max")),
     ("dsl_intensity", dict(intensity=None)),
+    ("dsl_fn_threshold", dict(fn_threshold="high")),
+    ("dsl_fn_threshold", dict(fn_threshold=float("inf"))),
 ])
 def test_config_errors(key, kwargs):
     with pytest.raises(ConfigError) as ei:

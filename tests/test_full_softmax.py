@@ -41,6 +41,8 @@ CONFIGS = {
         dict(tau=0.2, reweight=False, gamma=0.5, slate_size=None, intensity="margin"),
         dict(tau=0.2, kappa=2.0, alpha=1.0, gamma=0.5, slate_size=5, intensity="lse"),
         dict(tau=0.2, reweight=False, gamma=0.5, slate_size=5, intensity="margin"),
+        dict(tau=0.2, kappa=3.0, alpha=0.5, gamma=0.5, slate_size=5, fn_threshold=0.1),  # folded affinity
+        dict(tau=0.2, kappa=2.0, alpha=1.0, max_weight=1.5, fn_threshold=0.0),  # folded hardness, capped
     ],
 }
 NAMES = LOSSES.names()

@@ -8,6 +8,8 @@ loss from those plain arguments.
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, Optional, Tuple
 
@@ -114,8 +116,25 @@ class RecLoss(nn.Module):
         return {}
 
     @classmethod
+    def config_kwargs(cls, cfg) -> Dict[str, object]:
+        """The constructor arguments named in ``params``, read from a config (unchecked). A key
+        the config lacks takes the constructor's default, so a checkpoint saved before the key
+        existed still loads and means what it meant then (a new key's default is the previous
+        behaviour); a RecBole run always has every key, the loss YAML being merged."""
+        defaults = inspect.signature(cls.__init__).parameters
+        out = {}
+        for arg, key in cls.params.items():
+            if key in cfg:
+                out[arg] = cfg[key]
+            elif defaults[arg].default is not inspect.Parameter.empty:
+                out[arg] = defaults[arg].default
+            else:
+                raise KeyError(key)
+        return out
+
+    @classmethod
     def from_config(cls, cfg) -> "RecLoss":
-        return cls(**cls.check({arg: cfg[key] for arg, key in cls.params.items()}))
+        return cls(**cls.check(cls.config_kwargs(cfg)))
 
 
 def any_per_row(mask: Tensor) -> Tensor:

@@ -5,6 +5,8 @@ Two stop-gradient branches on the log-sum-exp backbone of SL, per row b with
 
 * reweighting (``kappa != 0``): ``a_j = alpha * s_n[j] + (1 - alpha) * cos(p, n_j)``,
   ``w_j = N * softmax_j(kappa * a_j)`` (mean one per row), optionally capped at ``max_weight``;
+  with a false-negative threshold t, ``a_j`` is first folded at t, ``min(a_j, 2 t - a_j)``, so
+  the weight grows with the affinity up to t and falls beyond it (see `fold_affinity`);
 * competition-aware temperature (``gamma != 0``): the slate is the K highest-scoring negatives,
   ``I_b = mean_slate sigmoid(d_j / tau)``, ``z_b`` its batch standardisation,
   ``tau_b = tau * exp(gamma * z_b)`` clipped to ``[tau / rho, tau * rho]``, then rescaled so the
@@ -78,6 +80,19 @@ def slate_intensity(x: Tensor, valid: Optional[Tensor] = None, measure: str = "s
     return f.masked_fill(~valid, 0.0).sum(dim=1) / count.clamp_min(1).to(x.dtype)
 
 
+def fold_affinity(a: Tensor, threshold: Optional[float], own: bool = False) -> Tensor:
+    """``min(a, 2 t - a)``: the reweighting's affinity folded at the false-negative threshold t.
+
+    Negatives up to t keep their affinity (harder = heavier with kappa > 0); those beyond it are
+    taken as likely false negatives (nearly the positive itself) and lose weight as fast as they
+    gained it, so one at ``t + e`` weighs what one at ``t - e`` does. None: no fold.
+    ``own``: a may be overwritten."""
+    if threshold is None:
+        return a
+    reflected = 2.0 * threshold - a
+    return torch.minimum(a, reflected, out=a) if own else torch.minimum(a, reflected)
+
+
 def _check_scores(pos: Tensor, neg: Tensor) -> None:
     if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0] or neg.shape[1] == 0:
         raise ValueError(
@@ -89,6 +104,7 @@ def _check_scores(pos: Tensor, neg: Tensor) -> None:
 def _log_weights(
     neg: Tensor, item_sim: Optional[Tensor], kappa: float, alpha: float, max_weight: Optional[float],
     mask: Optional[Tensor] = None, n_valid: Optional[Tensor] = None, affinity: Optional[Tensor] = None,
+    fn_threshold: Optional[float] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Log weights as (u [B, N], o [B]) with log w = u + o[:, None]; no gradient.
 
@@ -97,12 +113,13 @@ def _log_weights(
     With a mask, masked entries get log w = -inf and the mean one is over the valid entries
     (n_valid [B] of them). ``affinity`` [B, N], when given, is ``a`` already mixed
     (``alpha * s_n + (1 - alpha) * cos(p, n)``, see `mix_affinity`); ``item_sim`` is then unused.
+    ``fn_threshold`` folds a there first (`fold_affinity`).
     """
     n = neg.shape[1]
     if affinity is not None:
         if affinity.shape != neg.shape:
             raise ValueError(f"affinity must have the shape of neg {tuple(neg.shape)}, got {tuple(affinity.shape)}")
-        u = affinity.detach().to(neg.dtype) * kappa
+        u = fold_affinity(affinity.detach().to(neg.dtype), fn_threshold) * kappa
     elif alpha >= 1.0:
         a = neg.detach()
     else:
@@ -116,8 +133,11 @@ def _log_weights(
         sim = item_sim.detach().to(neg.dtype)
         a = torch.lerp(sim, neg.detach(), alpha) if alpha > 0 else sim
     if affinity is None:
-        # a is a fresh [B, N] tensor when alpha is in (0, 1): scale it in place (one allocation less)
-        u = a.mul_(kappa) if 0 < alpha < 1 else kappa * a
+        # a is a fresh [B, N] tensor when alpha is in (0, 1): fold and scale it in place
+        fresh = 0 < alpha < 1
+        a = fold_affinity(a, fn_threshold, own=fresh)
+        fresh = fresh or fn_threshold is not None
+        u = a.mul_(kappa) if fresh else kappa * a
     if mask is None:
         o = math.log(n) - torch.logsumexp(u, dim=1)  # log w = log(N * softmax(u))
     else:
@@ -226,6 +246,7 @@ def _dsl_parts(
     neg_mask: Optional[Tensor] = None,
     affinity: Optional[Tensor] = None,
     intensity: str = "sigmoid",
+    fn_threshold: Optional[float] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tuple[Tensor, Tensor]]]:
     """(per-row loss [B], log tau_b [B] or None, (u [B, N], o [B]) or None); None = branch inactive.
     The log weights are u + o[:, None] (see `_log_weights`). With ``neg_mask`` masked negatives
@@ -234,7 +255,8 @@ def _dsl_parts(
     n = neg.shape[1]
     mask, rows = prepare_mask(neg, neg_mask)
     n_valid = None if mask is None else mask.sum(dim=1)
-    log_w = _log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid, affinity) if kappa != 0 else None
+    log_w = (_log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid, affinity, fn_threshold)
+             if kappa != 0 else None)
     log_tau_b = (_log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps, mask, rows, intensity)
                  if gamma != 0 else None)
     inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b)
@@ -269,6 +291,7 @@ def dsl_loss(
     neg_mask: Optional[Tensor] = None,
     affinity: Optional[Tensor] = None,
     intensity: str = "sigmoid",
+    fn_threshold: Optional[float] = None,
 ):
     """Dual-scale softmax, per row (no reduction):
     ``l_b = logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) - log N``.
@@ -281,6 +304,8 @@ def dsl_loss(
     ``alpha * s_n + (1 - alpha) * cos(p, n)`` (the score path can produce it with one product,
     see recbole_dsl.scoring.batch_scores); ``alpha`` is then not used.
     ``intensity`` (see `slate_intensity`) is the slate's competition measure behind tau_b.
+    ``fn_threshold`` (None: off) folds the reweighting's affinity at that value (`fold_affinity`):
+    negatives beyond it are taken as likely false negatives and down-weighted.
     ``neg_mask`` ([B, N] bool, True = valid): masked negatives take no part (logsumexp, weights,
     slate, N); a row with no valid negative gives 0 and is left out of the batch statistics.
 
@@ -289,7 +314,7 @@ def dsl_loss(
     """
     loss, log_tau_b, log_w = _dsl_parts(
         pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps, neg_mask, affinity,
-        intensity,
+        intensity, fn_threshold,
     )
     if not return_stats:
         return loss
@@ -369,6 +394,7 @@ class DSLLoss(RecLoss):
         "reweight": "dsl_reweight",
         "temperature": "dsl_temperature",
         "intensity": "dsl_intensity",
+        "fn_threshold": "dsl_fn_threshold",
     }
 
     # Defaults are properties/loss/DSL.yaml's (the validation choice, BENCHMARKS.md "DSL versus SL").
@@ -384,11 +410,12 @@ class DSLLoss(RecLoss):
         reweight: bool = True,
         temperature: bool = True,
         intensity: str = "sigmoid",
+        fn_threshold: Optional[float] = None,
     ):
         super().__init__()
         kw = self.check(dict(tau=tau, kappa=kappa, alpha=alpha, slate_size=slate_size, gamma=gamma,
                              tau_range=tau_range, max_weight=max_weight, reweight=reweight, temperature=temperature,
-                             intensity=intensity))
+                             intensity=intensity, fn_threshold=fn_threshold))
         self.tau = kw["tau"]
         self.kappa = kw["kappa"]
         self.alpha = kw["alpha"]
@@ -399,6 +426,7 @@ class DSLLoss(RecLoss):
         self.reweight = kw["reweight"]
         self.temperature = kw["temperature"]
         self.intensity = kw["intensity"]
+        self.fn_threshold = kw["fn_threshold"]
         # effective strengths after the ablation switches
         self.eff_kappa = self.kappa if self.reweight else 0.0
         self.eff_gamma = self.gamma if self.temperature else 0.0
@@ -430,6 +458,12 @@ class DSLLoss(RecLoss):
         kw["reweight"] = check_bool("dsl_reweight", kw["reweight"])
         kw["temperature"] = check_bool("dsl_temperature", kw["temperature"])
         kw["intensity"] = check_choice("dsl_intensity", kw.get("intensity", "sigmoid"), INTENSITIES)
+        if kw.get("fn_threshold") is not None:
+            kw["fn_threshold"] = check_real("dsl_fn_threshold", kw["fn_threshold"],
+                                            f"None (off) or a number in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}]",
+                                            lambda v: abs(v) <= MAX_STRENGTH)
+        else:
+            kw["fn_threshold"] = None
         return kw
 
     def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
@@ -442,7 +476,7 @@ class DSLLoss(RecLoss):
         loss, log_tau_b, log_w = _dsl_parts(
             pos, neg, self.tau, None, self.eff_kappa, self.alpha, self.slate_size,
             self.eff_gamma, self.tau_range, self.max_weight, 1e-6, ctx.neg_mask,
-            ctx.neg_affinity if alpha is not None else None, self.intensity,
+            ctx.neg_affinity if alpha is not None else None, self.intensity, self.fn_threshold,
         )
         # keep references only (detached, no copies); the summaries are computed on demand
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
@@ -495,9 +529,9 @@ class DSLLoss(RecLoss):
 
     def _affinity_all(self, all_items: AllItems):
         """(kappa * a as a block function of (scores[, cos]), aux for cos(p, j) or None); no gradient."""
-        kappa, alpha = self.eff_kappa, self.alpha
+        kappa, alpha, t = self.eff_kappa, self.alpha, self.fn_threshold
         if alpha >= 1:
-            return (lambda s: kappa * s.detach()), None
+            return (lambda s: kappa * fold_affinity(s.detach(), t)), None
         aux = all_items.sim_aux()
         if aux is None:
             raise ValueError(
@@ -505,7 +539,7 @@ class DSLLoss(RecLoss):
                 "dsl_kappa != 0 and dsl_alpha < 1"
             )
         # the same lerp as the sampled path's mix_affinity
-        return (lambda s, cos: torch.lerp(cos.to(s.dtype), s.detach(), alpha) * kappa), aux
+        return (lambda s, cos: fold_affinity(torch.lerp(cos.to(s.dtype), s.detach(), alpha), t, own=True) * kappa), aux
 
     @torch.no_grad()
     def _log_temperatures_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems,
@@ -558,5 +592,6 @@ class DSLLoss(RecLoss):
         return (
             f"tau={self.tau}, kappa={self.kappa}, alpha={self.alpha}, slate_size={self.slate_size}, "
             f"gamma={self.gamma}, tau_range={self.tau_range}, max_weight={self.max_weight}, "
-            f"reweight={self.reweight}, temperature={self.temperature}, intensity={self.intensity}"
+            f"reweight={self.reweight}, temperature={self.temperature}, intensity={self.intensity}, "
+            f"fn_threshold={self.fn_threshold}"
         )
