@@ -20,7 +20,7 @@ from recbole.utils import get_model as recbole_get_model
 from recbole_dsl.adapters import ADAPTERS
 from recbole_dsl.compat import graph_compat, keep_anomaly_mode
 from recbole_dsl.losses import LossContext
-from recbole_dsl.samplers import sampler_for_run
+from recbole_dsl.samplers import SAMPLERS, catalogue_for_run, sampler_for_run
 from recbole_dsl.settings import plugin_settings
 from recbole_dsl.workspace import clear_workspaces
 
@@ -33,6 +33,7 @@ class RecLossRecommender(GeneralRecommender):
     rec_settings = None
     rec_adapter = None
     neg_sampler = None
+    catalogue = None
 
     def __init__(self, config, dataset):
         settings = plugin_settings(config)
@@ -51,6 +52,9 @@ class RecLossRecommender(GeneralRecommender):
         self.rec_adapter = ADAPTERS.get(config["model"])(self, dataset, rec)
         self.rec_loss_fn = rec.build_loss()
         self.neg_sampler = sampler_for_run(rec, settings.protocols, dataset, self.n_items, self.n_users).to(self.device)
+        if self.rec_loss_fn.needs.catalogue_slate is not None and not SAMPLERS.get(rec.neg_sampler).exhaustive:
+            # the loss's slate is scanned from the whole catalogue, positives left out
+            self.catalogue = catalogue_for_run(rec, dataset, self.n_items, self.n_users).to(self.device)
 
     # -- training -------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -74,8 +78,12 @@ class RecLossRecommender(GeneralRecommender):
             loss = adapter.all_items_loss(out, rows, negs, loss_fn)
         else:
             scores = adapter.scores(out, rows, negs.items, loss_fn.needs)
+            slate = None
+            if self.catalogue is not None:
+                slate = adapter.catalogue_top(out, rows, self.catalogue.sample(rows.user, rows.pos_item),
+                                              loss_fn.needs.catalogue_slate)
             ctx = LossContext(user=rows.groups, neg_log_q=negs.log_q, neg_mask=negs.mask,
-                              neg_affinity=scores.affinity, n_items=self.n_items - 1)
+                              neg_affinity=scores.affinity, n_items=self.n_items - 1, slate=slate)
             loss = loss_fn(scores.pos, scores.neg, ctx)
         scale = adapter.rec_scale(rows)  # the model's own reduction (mean, sum, per user)
         if scale != 1.0:

@@ -308,7 +308,7 @@ def test_registered_and_params():
         "tau": "loss_tau", "kappa": "dsl_kappa", "alpha": "dsl_alpha", "slate_size": "dsl_slate_size",
         "gamma": "dsl_gamma", "tau_range": "dsl_tau_range", "max_weight": "dsl_max_weight",
         "reweight": "dsl_reweight", "temperature": "dsl_temperature", "intensity": "dsl_intensity",
-        "fn_threshold": "dsl_fn_threshold",
+        "fn_threshold": "dsl_fn_threshold", "slate_source": "dsl_slate_source",
     }
     cfg = {"loss_tau": 0.2, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_slate_size": None, "dsl_gamma": 0.5,
            "dsl_tau_range": 3.0, "dsl_max_weight": None, "dsl_reweight": True, "dsl_temperature": True,
@@ -345,6 +345,39 @@ def test_false_negative_fold_peaks_at_the_threshold():
     _, high = dsl_loss(pos, a, 0.2, kappa=4.0, alpha=1.0, fn_threshold=1.0, return_stats=True)
     torch.testing.assert_close(high["w"], plain["w"])
     assert DSLLoss(fn_threshold=0.5).fn_threshold == 0.5 and DSLLoss().fn_threshold is None
+
+
+@pytest.mark.parametrize("intensity", ["sigmoid", "lse", "margin"])
+def test_given_slate_equals_the_slate_taken_from_the_negatives(intensity):
+    # A slate handed over (the catalogue's top K, from the score path) is used as is: handing over
+    # the top K of the negatives themselves gives exactly the negatives-slate loss; a -inf entry
+    # (a row with fewer than K valid items) is left out of the slate.
+    pos, neg, sim = _data(seed=21)
+    kw = dict(kappa=2.0, alpha=0.5, gamma=0.8, intensity=intensity)
+    ref, st_ref = dsl_loss(pos, neg, 0.3, item_sim=sim, slate_size=3, return_stats=True, **kw)
+    top = torch.topk(neg, 3, dim=1).values
+    got, st = dsl_loss(pos, neg, 0.3, item_sim=sim, slate=top, return_stats=True, **kw)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(st["tau_b"], st_ref["tau_b"])
+    padded = torch.cat([torch.topk(neg, 2, dim=1).values, neg.new_full((neg.shape[0], 2), float("-inf"))], dim=1)
+    short, _ = dsl_loss(pos, neg, 0.3, item_sim=sim, slate_size=2, return_stats=True, **kw)
+    torch.testing.assert_close(dsl_loss(pos, neg, 0.3, item_sim=sim, slate=padded, **kw), short)
+    # the module asks the score path for it, reads it from the context, and refuses to run without it
+    m = DSLLoss(tau=0.3, slate_source="catalogue", slate_size=3, **kw)
+    assert m.needs.catalogue_slate == 3
+    ctx = LossContext(neg_affinity=mix_affinity(sim, neg, 0.5), slate=top)
+    torch.testing.assert_close(m(pos, neg, ctx), ref.mean())
+    with pytest.raises(ValueError, match="LossContext.slate"):
+        m(pos, neg, LossContext(neg_affinity=ctx.neg_affinity))
+    # a catalogue slate may be larger than neg_num; without the temperature branch nothing is asked
+    assert DSLLoss.check(dict(m.check(dict(tau=0.3, kappa=1.0, alpha=0.5, slate_size=50, gamma=0.5, tau_range=3.0,
+                                           max_weight=None, reweight=True, temperature=True,
+                                           slate_source="catalogue"))), neg_num=8)["slate_size"] == 50
+    assert DSLLoss(slate_source="catalogue", slate_size=5, temperature=False).needs.catalogue_slate is None
+    assert DSLLoss(slate_source="catalogue", slate_size=5, gamma=0.0).needs.catalogue_slate is None
+    with pytest.raises(ConfigError, match="dsl_slate_source: catalogue"):
+        DSLLoss.check(dict(tau=0.3, kappa=1.0, alpha=0.5, slate_size=50, gamma=0.5, tau_range=3.0,
+                           max_weight=None, reweight=True, temperature=True), neg_num=8)
 
 
 def test_needs_are_declared_per_instance():
@@ -437,6 +470,8 @@ def test_module_requires_the_affinity_it_declared():
     ("dsl_intensity", dict(intensity="max")),
     ("dsl_intensity", dict(intensity=None)),
     ("dsl_fn_threshold", dict(fn_threshold="high")),
+    ("dsl_slate_source", dict(slate_source="items")),
+    ("dsl_slate_size", dict(slate_source="catalogue", slate_size=None)),
     ("dsl_fn_threshold", dict(fn_threshold=float("inf"))),
 ])
 def test_config_errors(key, kwargs):
@@ -455,7 +490,7 @@ def test_unknown_intensity_names_the_known_ones():
 def test_slate_size_is_checked_against_neg_num():
     base = {arg: None for arg in DSLLoss.params}
     base.update(tau=0.3, kappa=2.0, alpha=0.5, gamma=0.5, tau_range=3.0, reweight=True, temperature=True,
-                intensity="sigmoid")
+                intensity="sigmoid", slate_source="negatives")
     DSLLoss.check(dict(base, slate_size=10), neg_num=10)
     DSLLoss.check(dict(base, slate_size=10), neg_num=100)
     with pytest.raises(ConfigError) as ei:

@@ -166,6 +166,13 @@ class Adapter:
                 hint=f"'{rec.neg_sampler}' (the exact softmax over every item) serves the embedding models "
                      f"({served}); autoencoders and pair scorers train with uniform, popularity, in_batch or shared",
             )
+        if rec.build_loss().needs.catalogue_slate is not None and not cls.supports_all_items:
+            served = ", ".join(n for n, c in ADAPTERS.items() if c.supports_all_items)
+            raise ConfigError(
+                "dsl_slate_source", "catalogue", f"negatives for {config['model']}",
+                hint=f"a slate from the whole catalogue scans every item's score, which the embedding models "
+                     f"({served}) provide",
+            )
         if rec.sparse_update and not cls.supports_sparse_update:
             served = ", ".join(n for n, c in ADAPTERS.items() if c.supports_sparse_update)
             raise ConfigError(
@@ -220,6 +227,12 @@ class Adapter:
     def all_items_loss(self, out: Forward, rows: Rows, negs, loss_fn) -> Tensor:
         """The loss of the `all` sampler's batch (``negs.excluded``): every other item a negative."""
         raise NotImplementedError(f"{type(self).__name__} does not serve neg_sampler 'all'")
+
+    def catalogue_top(self, out: Forward, rows: Rows, negs, k: int) -> Tensor:
+        """[B, k] each row's k highest training scores over the catalogue's items outside the `all`
+        batch's ``negs.excluded`` (its positives), -inf padded, no gradient (a loss's catalogue
+        slate, ScoreNeeds.catalogue_slate). Served where supports_all_items is."""
+        raise NotImplementedError(f"{type(self).__name__} does not serve a catalogue slate")
 
     def rec_scale(self, rows: Rows) -> float:
         """Factor turning the loss's mean over rows into the model's own reduction."""

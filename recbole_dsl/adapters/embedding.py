@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recbole_dsl.adapters.base import ADAPTERS, Adapter, Forward, Rows, pick_rows
-from recbole_dsl.losses.full import AllItems
+from recbole_dsl.losses.full import AllItems, row_topk_all
 from recbole_dsl.scoring import all_item_scores, batch_scores, choose_score_path, prepare
 
 
@@ -102,6 +102,14 @@ class EmbeddingAdapter(Adapter):
         all_items = AllItems.build(negs.excluded, int(pos.shape[0]), int(items.shape[0]), negs.block,
                                    group=rows.groups, pos_item=rows.pos_item, sim_table=sim_table)
         return loss_fn.forward_all(u, items, pos, all_items)
+
+    @torch.no_grad()
+    def catalogue_top(self, out, rows, negs, k):
+        score_fn = self.settings.score_fn
+        u = prepare(out.user_e.detach(), score_fn)
+        if rows.row_of is not None:
+            u = u[rows.row_of]
+        return row_topk_all(u, prepare(out.items.detach(), score_fn), int(k), excluded=negs.excluded, block=negs.block)
 
     # -- evaluation -----------------------------------------------------------------------
     def invalidate(self) -> None:

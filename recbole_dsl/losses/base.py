@@ -33,6 +33,10 @@ class ScoreNeeds:
     # similarity of the row's positive item to each negative item (DSL's reweighting input). With
     # cosine scores the score path makes it with one product (a mixed query), no separate block.
     affinity_alpha: Optional[float] = None
+    # K: each row's K highest scores over the whole catalogue's valid items (a row's training
+    # positives and its own positive left out), [B, K], no gradient, -inf where a row has fewer
+    # (DSL's competitor slate from the catalogue rather than from the sampled negatives).
+    catalogue_slate: Optional[int] = None
 
 
 @dataclass
@@ -50,6 +54,8 @@ class LossContext:
     neg_mask: Optional[Tensor] = None
     # [B, N], no gradient: what ScoreNeeds.affinity_alpha asked for (None when not asked).
     neg_affinity: Optional[Tensor] = None
+    # [B, K], no gradient: what ScoreNeeds.catalogue_slate asked for (None when not asked).
+    slate: Optional[Tensor] = None
     # Number of real items in the catalogue (RecBole's padding item 0 excluded), for losses whose
     # formula refers to the whole catalogue; None when unknown.
     n_items: Optional[int] = None

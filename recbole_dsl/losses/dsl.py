@@ -7,7 +7,9 @@ Two stop-gradient branches on the log-sum-exp backbone of SL, per row b with
   ``w_j = N * softmax_j(kappa * a_j)`` (mean one per row), optionally capped at ``max_weight``;
   with a false-negative threshold t, ``a_j`` is first folded at t, ``min(a_j, 2 t - a_j)``, so
   the weight grows with the affinity up to t and falls beyond it (see `fold_affinity`);
-* competition-aware temperature (``gamma != 0``): the slate is the K highest-scoring negatives,
+* competition-aware temperature (``gamma != 0``): the slate is the K highest-scoring negatives
+  (or, with ``slate_source="catalogue"``, the K highest-scoring items of the whole catalogue that
+  are not the user's positives, handed over by the score path),
   ``I_b = mean_slate sigmoid(d_j / tau)``, ``z_b`` its batch standardisation,
   ``tau_b = tau * exp(gamma * z_b)`` clipped to ``[tau / rho, tau * rho]``, then rescaled so the
   batch's geometric mean of ``tau_b`` is ``tau``;
@@ -59,6 +61,9 @@ from recbole_dsl.losses.full import (
 # x_j = (s_n[j] - s_p) / tau: the mean sigmoid (soft count of negatives above the positive), the
 # log-mean-exp (a soft maximum), or the mean margin itself (linear in the scores).
 INTENSITIES = ("sigmoid", "lse", "margin")
+# Where the competitor slate comes from: the row's sampled negatives, or the whole catalogue's
+# highest-scoring non-positive items (the score path computes them: ScoreNeeds.catalogue_slate).
+SLATE_SOURCES = ("negatives", "catalogue")
 
 
 def slate_intensity(x: Tensor, valid: Optional[Tensor] = None, measure: str = "sigmoid",
@@ -177,13 +182,24 @@ def _cap_log_weights(log_w: Tensor, cap: float, n_valid: Optional[Tensor] = None
 def _log_temperatures(
     pos: Tensor, neg: Tensor, tau: float, slate_size: Optional[int], gamma: float, tau_range: float,
     eps: float, mask: Optional[Tensor] = None, rows: Optional[Tensor] = None, measure: str = "sigmoid",
+    slate: Optional[Tensor] = None,
 ) -> Tensor:
     """log tau_b [B], no gradient: competition-aware per-row temperatures, geometric mean tau.
 
     With a mask the slate is the min(K, valid) highest-scoring valid negatives, and the batch
     statistics (standardisation, geometric mean) run over the rows with a valid negative
-    (``rows``); the other rows get tau (their loss is discarded)."""
+    (``rows``); the other rows get tau (their loss is discarded). ``slate`` [B, K] (-inf where a
+    row has fewer entries), when given, is the slate's scores instead of the top of ``neg``."""
     b, n = neg.shape
+    if slate is not None:
+        if slate.dim() != 2 or slate.shape[0] != b:
+            raise ValueError(f"slate must be [B={b}, K] scores, got {tuple(slate.shape)}")
+        top = slate.detach().to(neg.dtype)
+        in_slate = torch.isfinite(top)
+        x = (top.masked_fill(~in_slate, 0.0) - pos.detach().unsqueeze(1)) * (1.0 / tau)
+        intensity = slate_intensity(x, in_slate, measure)
+        rows = torch.ones(b, dtype=torch.bool, device=neg.device) if rows is None else rows
+        return _log_temperatures_of(intensity, tau, gamma, tau_range, eps, rows)
     log_tau = math.log(tau)
     k = n if slate_size is None else int(slate_size)
     if mask is not None:
@@ -247,6 +263,7 @@ def _dsl_parts(
     affinity: Optional[Tensor] = None,
     intensity: str = "sigmoid",
     fn_threshold: Optional[float] = None,
+    slate: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tuple[Tensor, Tensor]]]:
     """(per-row loss [B], log tau_b [B] or None, (u [B, N], o [B]) or None); None = branch inactive.
     The log weights are u + o[:, None] (see `_log_weights`). With ``neg_mask`` masked negatives
@@ -257,7 +274,7 @@ def _dsl_parts(
     n_valid = None if mask is None else mask.sum(dim=1)
     log_w = (_log_weights(neg, item_sim, kappa, alpha, max_weight, mask, n_valid, affinity, fn_threshold)
              if kappa != 0 else None)
-    log_tau_b = (_log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps, mask, rows, intensity)
+    log_tau_b = (_log_temperatures(pos, neg, tau, slate_size, gamma, tau_range, eps, mask, rows, intensity, slate)
                  if gamma != 0 else None)
     inv_tau = None if log_tau_b is None else torch.exp(-log_tau_b)
     log_n = math.log(n) if mask is None else torch.log(n_valid.to(neg.dtype))
@@ -292,6 +309,7 @@ def dsl_loss(
     affinity: Optional[Tensor] = None,
     intensity: str = "sigmoid",
     fn_threshold: Optional[float] = None,
+    slate: Optional[Tensor] = None,
 ):
     """Dual-scale softmax, per row (no reduction):
     ``l_b = logsumexp_j((s_n[j] - s_p) / tau_b + log w_j) - log N``.
@@ -306,6 +324,8 @@ def dsl_loss(
     ``intensity`` (see `slate_intensity`) is the slate's competition measure behind tau_b.
     ``fn_threshold`` (None: off) folds the reweighting's affinity at that value (`fold_affinity`):
     negatives beyond it are taken as likely false negatives and down-weighted.
+    ``slate`` [B, K] (-inf padded; None: the top ``slate_size`` of ``neg``) is the competitor
+    slate's scores, e.g. the whole catalogue's highest-scoring non-positive items.
     ``neg_mask`` ([B, N] bool, True = valid): masked negatives take no part (logsumexp, weights,
     slate, N); a row with no valid negative gives 0 and is left out of the batch statistics.
 
@@ -314,7 +334,7 @@ def dsl_loss(
     """
     loss, log_tau_b, log_w = _dsl_parts(
         pos, neg, tau, item_sim, kappa, alpha, slate_size, gamma, tau_range, max_weight, eps, neg_mask, affinity,
-        intensity, fn_threshold,
+        intensity, fn_threshold, slate,
     )
     if not return_stats:
         return loss
@@ -395,6 +415,7 @@ class DSLLoss(RecLoss):
         "temperature": "dsl_temperature",
         "intensity": "dsl_intensity",
         "fn_threshold": "dsl_fn_threshold",
+        "slate_source": "dsl_slate_source",
     }
 
     # Defaults are properties/loss/DSL.yaml's (the validation choice, BENCHMARKS.md "DSL versus SL").
@@ -411,11 +432,12 @@ class DSLLoss(RecLoss):
         temperature: bool = True,
         intensity: str = "sigmoid",
         fn_threshold: Optional[float] = None,
+        slate_source: str = "negatives",
     ):
         super().__init__()
         kw = self.check(dict(tau=tau, kappa=kappa, alpha=alpha, slate_size=slate_size, gamma=gamma,
                              tau_range=tau_range, max_weight=max_weight, reweight=reweight, temperature=temperature,
-                             intensity=intensity, fn_threshold=fn_threshold))
+                             intensity=intensity, fn_threshold=fn_threshold, slate_source=slate_source))
         self.tau = kw["tau"]
         self.kappa = kw["kappa"]
         self.alpha = kw["alpha"]
@@ -427,11 +449,14 @@ class DSLLoss(RecLoss):
         self.temperature = kw["temperature"]
         self.intensity = kw["intensity"]
         self.fn_threshold = kw["fn_threshold"]
+        self.slate_source = kw["slate_source"]
         # effective strengths after the ablation switches
         self.eff_kappa = self.kappa if self.reweight else 0.0
         self.eff_gamma = self.gamma if self.temperature else 0.0
         uses_similarity = self.eff_kappa != 0 and self.alpha < 1
-        self.needs = ScoreNeeds(affinity_alpha=self.alpha if uses_similarity else None)
+        from_catalogue = self.slate_source == "catalogue" and self.eff_gamma != 0
+        self.needs = ScoreNeeds(affinity_alpha=self.alpha if uses_similarity else None,
+                                catalogue_slate=self.slate_size if from_catalogue else None)
         self._last_log_tau_b: Optional[Tensor] = None
         self._last_log_w: Optional[Tuple[Tensor, Tensor]] = None
         self._last_masked = False
@@ -444,11 +469,17 @@ class DSLLoss(RecLoss):
         kw["tau"] = check_positive("loss_tau", kw["tau"])
         kw["kappa"] = check_strength("dsl_kappa", kw["kappa"], "0 turns the reweighting off")
         kw["alpha"] = check_real("dsl_alpha", kw["alpha"], "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        kw["slate_source"] = check_choice("dsl_slate_source", kw.get("slate_source", "negatives"), SLATE_SOURCES)
         k = kw["slate_size"]
         if k is not None:
             check_int("dsl_slate_size", k, 1, "None (all negatives) or an integer >= 1")
-            if neg_num is not None and k > neg_num:
-                raise ConfigError("dsl_slate_size", k, f"an integer in [1, neg_num={neg_num}]")
+            if neg_num is not None and k > neg_num and kw["slate_source"] == "negatives":
+                raise ConfigError("dsl_slate_size", k, f"an integer in [1, neg_num={neg_num}]",
+                                  hint="or dsl_slate_source: catalogue, a slate from the whole catalogue")
+        elif kw["slate_source"] == "catalogue":
+            raise ConfigError("dsl_slate_size", k, "an integer >= 1 with dsl_slate_source: catalogue",
+                              hint="the slate is the K highest-scoring items of the catalogue; for every item "
+                                   "use neg_sampler: all with dsl_slate_size: ~")
         kw["gamma"] = check_strength("dsl_gamma", kw["gamma"], "0 turns the temperature branch off")
         kw["tau_range"] = check_real("dsl_tau_range", kw["tau_range"], f"a number in [1, {MAX_STRENGTH:g}]",
                                      lambda v: 1 <= v <= MAX_STRENGTH)
@@ -477,6 +508,7 @@ class DSLLoss(RecLoss):
             pos, neg, self.tau, None, self.eff_kappa, self.alpha, self.slate_size,
             self.eff_gamma, self.tau_range, self.max_weight, 1e-6, ctx.neg_mask,
             ctx.neg_affinity if alpha is not None else None, self.intensity, self.fn_threshold,
+            self._slate(ctx),
         )
         # keep references only (detached, no copies); the summaries are computed on demand
         self._last_log_tau_b = None if log_tau_b is None else log_tau_b.detach()
@@ -485,10 +517,20 @@ class DSLLoss(RecLoss):
         self._last_w_all = None
         return loss
 
+    def _slate(self, ctx: LossContext) -> Optional[Tensor]:
+        if self.needs.catalogue_slate is None:
+            return None
+        if ctx.slate is None:
+            raise ValueError(
+                "DSL: LossContext.slate (each row's dsl_slate_size highest-scoring catalogue items that are "
+                "not its positives) is required with dsl_slate_source: catalogue"
+            )
+        return ctx.slate
+
     def compute_all(self, u: Tensor, items: Tensor, pos: Tensor, all_items: AllItems) -> Tensor:
         """`compute` with every valid item as a negative, in passes over item blocks (see
         recbole_dsl.losses.full): the slate (a top-K, or a sum over all items when K covers
-        the catalogue), the weights' normaliser, the cap's scale (a few passes, only with
+        the catalogue; every item is a negative here, so both slate sources are the same), the weights' normaliser, the cap's scale (a few passes, only with
         max_weight), then the loss's logsumexp with its gradient. cos(p, j) comes from
         ``all_items.sim_table`` (needed when the reweighting uses it, alpha < 1)."""
         rows, kw = all_items.rows, all_items.scan_kw
@@ -593,5 +635,5 @@ class DSLLoss(RecLoss):
             f"tau={self.tau}, kappa={self.kappa}, alpha={self.alpha}, slate_size={self.slate_size}, "
             f"gamma={self.gamma}, tau_range={self.tau_range}, max_weight={self.max_weight}, "
             f"reweight={self.reweight}, temperature={self.temperature}, intensity={self.intensity}, "
-            f"fn_threshold={self.fn_threshold}"
+            f"fn_threshold={self.fn_threshold}, slate_source={self.slate_source!r}"
         )

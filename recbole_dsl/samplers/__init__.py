@@ -14,10 +14,11 @@ from recbole_dsl.samplers.in_batch import InBatchSampler
 from recbole_dsl.samplers.shared import SharedSampler
 from recbole_dsl.samplers.all_items import AllItemsSampler
 from recbole_dsl.samplers.noisy import FalseNegativeSampler
-from recbole_dsl.samplers.factory import sampler_for_run
+from recbole_dsl.samplers.factory import catalogue_for_run, sampler_for_run
 
 __all__ = [
     "SAMPLERS", "NegativeBatch", "NegativeSampler", "PositiveSet", "UniformSampler", "PopularitySampler",
     "InBatchSampler", "SharedSampler", "AllItemsSampler", "FalseNegativeSampler", "build_sampler", "is_shared",
+    "catalogue_for_run",
     "sampler_for_run",
 ]

@@ -27,12 +27,26 @@ def sampler_for_run(settings, protocols: ProtocolSettings, dataset, n_items: int
                  "(run_recbole_dsl and the tuner use it); in your own script use "
                  "`from recbole_dsl.protocols import data_preparation` instead of RecBole's",
         )
-    inter = dataset.inter_feat
-    users, items = inter[dataset.uid_field], inter[dataset.iid_field]
-    positives = PositiveSet(users, items, n_items, n_users) if settings.exclude_positives else None
+    positives = _positives(settings, dataset, n_items, n_users)
+    items = dataset.inter_feat[dataset.iid_field]
     counts = torch.bincount(items.long(), minlength=n_items) if cls.needs_item_counts else None
     sampler = build_sampler(settings.neg_sampler, n_items, settings.neg_num, positives, item_counts=counts,
                             **settings.sampler_kwargs)
     if protocols.fn_noise_p > 0:
         sampler = FalseNegativeSampler(sampler, noise.fn_pool_user, noise.fn_pool_item, n_users, protocols.fn_noise_p)
     return sampler
+
+
+def _positives(settings, dataset, n_items: int, n_users: int):
+    if not settings.exclude_positives:
+        return None
+    inter = dataset.inter_feat
+    return PositiveSet(inter[dataset.uid_field], inter[dataset.iid_field], n_items, n_users)
+
+
+def catalogue_for_run(settings, dataset, n_items: int, n_users: int):
+    """The `all` sampler over the run's training positives: its batches' ``excluded`` pairs leave
+    each row's positives out of a scan of the whole catalogue (a loss's catalogue slate,
+    ScoreNeeds.catalogue_slate), whatever sampler draws the run's negatives."""
+    return build_sampler("all", n_items, 1, _positives(settings, dataset, n_items, n_users),
+                         block=settings.sampler_kwargs.get("block", 4096))
