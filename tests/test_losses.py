@@ -344,3 +344,32 @@ def test_bsl_module_grouping_switch():
     torch.testing.assert_close(grouped(pos, neg, LossContext(user=user)), bsl_loss(pos, neg, 0.2, 0.1, user).mean())
     torch.testing.assert_close(flat(pos, neg, LossContext(user=user)), bsl_loss(pos, neg, 0.2, 0.1).mean())
     torch.testing.assert_close(grouped(pos, neg), bsl_loss(pos, neg, 0.2, 0.1).mean())  # no user ids
+
+
+@pytest.mark.parametrize("activation", ["tanh", "atan", "relu", "exp"])
+def test_psl_fused_backward_equals_composed_autograd(activation):
+    # psl_loss's analytic backward against the same formula composed from torch ops (autograd's
+    # gradient), with masked entries, a row with no valid entry, relu entries clamped below
+    # d = -1 and dot-product magnitudes beyond the cosine range.
+    from recbole_dsl.losses.psl import _log_sigma_over_tau
+
+    g = torch.Generator().manual_seed(7)
+    pos = (torch.randn(6, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    neg = (torch.randn(6, 9, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    mask = torch.rand(6, 9, generator=g) > 0.3
+    mask[2] = False
+    mask[0] = True
+    w = torch.rand(6, generator=g, dtype=torch.float64)
+    got = psl_loss(pos, neg, 0.3, activation, mask)
+    (got * w).sum().backward()
+    p2, n2 = pos.detach().clone().requires_grad_(True), neg.detach().clone().requires_grad_(True)
+    logits = _log_sigma_over_tau(n2, p2.unsqueeze(1), 0.3, activation).masked_fill(~mask, float("-inf"))
+    ref = torch.logsumexp(logits, dim=1)
+    ref = torch.where(mask.any(dim=1), ref, torch.zeros_like(ref))
+    (ref * w).sum().backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(neg.grad, n2.grad)
+    torch.testing.assert_close(pos.grad, p2.grad)
+    assert neg.grad[2].abs().sum() == 0
+    if activation == "relu":
+        assert bool(((neg.detach() - pos.detach()[:, None]) / 2 < -1).any())  # the clamp is exercised

@@ -124,7 +124,13 @@ def _log_weights(
     if affinity is not None:
         if affinity.shape != neg.shape:
             raise ValueError(f"affinity must have the shape of neg {tuple(neg.shape)}, got {tuple(affinity.shape)}")
-        u = fold_affinity(affinity.detach().to(neg.dtype), fn_threshold) * kappa
+        a = affinity.detach().to(neg.dtype)
+        if mask is not None and fn_threshold is None:
+            # mask and scale in two passes over one fresh block; the fill is -inf once scaled
+            u = torch.where(mask, a, float("-inf") if kappa > 0 else float("inf")).mul_(kappa)
+            mask = None  # already applied
+        else:
+            u = fold_affinity(a, fn_threshold) * kappa
     elif alpha >= 1.0:
         a = neg.detach()
     else:
@@ -143,15 +149,21 @@ def _log_weights(
         a = fold_affinity(a, fn_threshold, own=fresh)
         fresh = fresh or fn_threshold is not None
         u = a.mul_(kappa) if fresh else kappa * a
-    if mask is None:
-        o = math.log(n) - torch.logsumexp(u, dim=1)  # log w = log(N * softmax(u))
-    else:
+    if mask is not None:
         u = u.masked_fill_(~mask, float("-inf"))  # u is this function's own tensor
-        o = torch.log(n_valid.to(u.dtype)) - torch.logsumexp(u, dim=1)
+    # log w = log(N * softmax(u)), N the row's valid count
+    o = (math.log(n) if n_valid is None else torch.log(n_valid.to(u.dtype))) - _row_logsumexp(u)
     if max_weight is not None and max_weight < n:  # a weight never exceeds N
-        u = _cap_log_weights(u + o.unsqueeze(1), float(max_weight), None if mask is None else n_valid)
+        u = _cap_log_weights(u + o.unsqueeze(1), float(max_weight), n_valid)
         o = torch.zeros_like(o)
     return u, o
+
+
+def _row_logsumexp(u: Tensor) -> Tensor:
+    """torch.logsumexp(u, dim=1) with one scratch block instead of two (rows all -inf give -inf)."""
+    m = u.amax(dim=1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return (u - m).exp_().sum(dim=1).log_().add_(m.squeeze(1))
 
 
 def _cap_log_weights(log_w: Tensor, cap: float, n_valid: Optional[Tensor] = None) -> Tensor:
@@ -286,7 +298,7 @@ def _dsl_parts(
         loss = scaled_logsumexp(neg, scale, None, mask) - pos_logit - log_n
     else:
         u, o = log_w  # u is already -inf at masked entries
-        loss = scaled_logsumexp(neg, scale, u.neg(), None) - pos_logit + (o - log_n)
+        loss = scaled_logsumexp(neg, scale, u, None, offset_scale=-1.0) - pos_logit + (o - log_n)
     if rows is not None:
         loss = torch.where(rows, loss, torch.zeros_like(loss))
     return loss, log_tau_b, log_w

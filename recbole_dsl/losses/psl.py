@@ -1,7 +1,7 @@
 """PSL: pairwise softmax loss (Yang et al., NeurIPS 2024, arXiv 2411.00163)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,55 @@ def _check_activation(activation) -> str:
     return check_choice("psl_activation", activation, sorted(ACTIVATIONS))
 
 
+def _sigma_and_ratio(d: Tensor, activation: str) -> Tuple[Tensor, Tensor]:
+    """(sigma(d), sigma'(d) / sigma(d)), elementwise, each a fresh tensor; d may be overwritten."""
+    if activation == "tanh":  # sigma = 1 + t, sigma' = (1 - t)(1 + t): the ratio is 1 - t
+        t = d.tanh_()
+        sigma = t + 1
+        return sigma, t.neg_().add_(1)
+    if activation == "atan":  # sigma' = 1 / (1 + d^2)
+        sigma = torch.atan(d).add_(1)
+        return sigma, d.square_().add_(1).mul_(sigma).reciprocal_()
+    if activation == "relu":  # sigma = d + 1 where positive, sigma' = 1 there
+        sigma = d.add_(1).clamp_min_(0)
+        return sigma, sigma.reciprocal()
+    sigma = d.exp_()  # "exp", the SL identity
+    return sigma, torch.ones_like(sigma)
+
+
+class _PairwiseLSE(torch.autograd.Function):
+    """[B] ``logsumexp_j(log sigma((neg_j - pos) / 2) / tau)`` over the valid entries, with an
+    analytic backward: d l / d neg_j = softmax_j * sigma'/sigma (d_j) / (2 tau), d l / d pos =
+    -sum_j of it. Composed from torch ops the same loss made about twice the passes over the
+    [B, N] block (every op's intermediate saved, and as many again in backward)."""
+
+    @staticmethod
+    def forward(ctx, neg: Tensor, pos: Tensor, tau: float, activation: str, mask: Optional[Tensor]):
+        d = (neg - pos.unsqueeze(1)).mul_(0.5)
+        sigma, ratio = _sigma_and_ratio(d, activation)
+        tiny = torch.finfo(sigma.dtype).tiny
+        # the clamp at tiny (relu reaches 0) passes no gradient, as torch.clamp's backward
+        clamped = sigma < tiny
+        ratio.masked_fill_(clamped, 0.0)
+        z = sigma.clamp_min_(tiny).log_().mul_(1.0 / tau)
+        if mask is not None:
+            z.masked_fill_(~mask, float("-inf"))
+        m = z.amax(dim=1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows with no valid entry
+        e = z.sub_(m).exp_()
+        s = e.sum(dim=1, keepdim=True)
+        ctx.save_for_backward(e, s, ratio)
+        ctx.scale = 0.5 / tau
+        return (s.log() + m).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        e, s, ratio = ctx.saved_tensors
+        coef = torch.where(s > 0, grad.unsqueeze(1) / s, torch.zeros_like(s)) * ctx.scale
+        g_neg = torch.mul(ratio, e).mul_(coef)  # not in place: a retained graph may run backward again
+        return g_neg, -g_neg.sum(dim=1), None, None, None
+
+
 def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh",
              neg_mask: Optional[Tensor] = None) -> Tensor:
     """Pairwise softmax, per row (no reduction), PSL paper (arXiv 2411.00163):
@@ -40,8 +89,12 @@ def psl_loss(pos: Tensor, neg: Tensor, tau: float, activation: str = "tanh",
         _check_activation(activation)
     check_scores(pos, neg)
     mask, rows = prepare_mask(neg, neg_mask)
-    logits = _log_sigma_over_tau(neg, pos.unsqueeze(1), tau, activation)
-    return zero_empty_rows(masked_logsumexp(logits, mask, dim=1), rows)
+    if torch.is_grad_enabled() and (neg.requires_grad or pos.requires_grad):
+        lse = _PairwiseLSE.apply(neg, pos.to(neg.dtype), float(tau), activation, mask)
+    else:
+        with torch.no_grad():
+            lse = masked_logsumexp(_log_sigma_over_tau(neg, pos.unsqueeze(1), tau, activation), mask, dim=1)
+    return zero_empty_rows(lse, rows)
 
 
 def _log_sigma_over_tau(neg: Tensor, pos: Tensor, tau: float, activation: str) -> Tensor:
