@@ -1,8 +1,8 @@
 """Epoch times of this checkout against an earlier commit, measured side by side.
 
 Each round runs one process per checkout, one after the other (this checkout, then the other),
-and each process times interleaved training epochs of RecBole's BPR and of MF with SL and DSL at
-N = 1000 and N = 256 on one split of ml-100k (the first epoch of each is dropped). The earlier
+and each process times interleaved training epochs of RecBole's BPR and of MF with SL, DSL (and DSL
+with its reweighting only, and PSL tanh) at N = 1000, SL and DSL at N = 256 on one split of ml-100k (the first epoch of each is dropped). The earlier
 commit is checked out into a temporary git worktree; both use this venv.
 
     python benchmarks/bench_ab.py --rev 5b4acac [--rounds 3] [--epochs 4]
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("BPR", "SL1000", "DSL1000", "SL256", "DSL256")
+VARIANTS = ("BPR", "SL1000", "DSL1000", "DSLrw1000", "PSL1000", "SL256", "DSL256")
 
 
 def child(repo: str, epochs: int) -> None:
@@ -38,6 +38,8 @@ def child(repo: str, epochs: int) -> None:
         "BPR": bpr,
         "SL1000": plugin_run("BPR", data=data, **sl)[2],
         "DSL1000": plugin_run("BPR", data=data, **{**sl, "rec_loss": "DSL"})[2],
+        "DSLrw1000": plugin_run("BPR", data=data, **{**sl, "rec_loss": "DSL", "dsl_temperature": False})[2],
+        "PSL1000": plugin_run("BPR", data=data, **{**sl, "rec_loss": "PSL", "loss_tau": 0.05})[2],
         "SL256": plugin_run("BPR", data=data, **{**sl, "neg_num": 256})[2],
         "DSL256": plugin_run("BPR", data=data, **{**sl, "neg_num": 256, "rec_loss": "DSL"})[2],
     }
@@ -88,8 +90,8 @@ def main():
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", other], cwd=ROOT, capture_output=True)
     lines = [header("python benchmarks/bench_ab.py " + " ".join(sys.argv[1:])), "",
-             "| checkout | " + " | ".join(VARIANTS) + " | DSL/SL N=1000 | DSL/SL N=256 | SL1000 vs BPR |",
-             "|---|" + "---|" * (len(VARIANTS) + 3)]
+             "| checkout | " + " | ".join(VARIANTS) + " | DSL/SL N=1000 | DSL reweighting only/SL | PSL/SL |"
+             " DSL/SL N=256 | SL1000 vs BPR |", "|---|" + "---|" * (len(VARIANTS) + 5)]
     for name, rows in res.items():
         for i, r in enumerate(rows + ["median"]):
             if r == "median":
@@ -98,7 +100,8 @@ def main():
             else:
                 label = f"{name}, round {i + 1}"
             lines.append(f"| {label} | " + " | ".join(f"{r[k]:.3f}" for k in VARIANTS)
-                         + f" | {r['DSL1000'] / r['SL1000']:.2f}x | {r['DSL256'] / r['SL256']:.2f}x"
+                         + f" | {r['DSL1000'] / r['SL1000']:.2f}x | {r['DSLrw1000'] / r['SL1000']:.2f}x"
+                         + f" | {r['PSL1000'] / r['SL1000']:.2f}x | {r['DSL256'] / r['SL256']:.2f}x"
                          + f" | {r['SL1000'] / r['BPR']:.2f}x |")
     print("\n".join(lines))
 

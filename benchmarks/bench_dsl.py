@@ -11,7 +11,6 @@ only; test numbers are reported for the chosen settings over all seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -50,6 +49,23 @@ GRIDS = {"BPR": {"SL": SL_GRID, "DSL": DSL_GRID},
          "LightGCN": {"SL": SL_GRID,
                       "DSL": [{"rec_loss": "DSL", "loss_tau": t, "dsl_kappa": 2.0, "dsl_alpha": 0.5, "dsl_gamma": 0.5}
                               for t in (0.15, 0.2, 0.3, 0.4)]}}
+# Other readings of DSL (docs/dsl.md), MF only, validation choice at seed 2020, each searched over
+# the same four trials as SL (kappa 2 and alpha 0.5 as in DSL's grid):
+# - the slate's competition measured by its mean sigmoid, log-mean-exp or mean margin, with both
+#   directions of the temperature map (gamma > 0 softens rows with strong competition, gamma < 0
+#   sharpens them): base tau {0.2, 0.3} x gamma {0.5, -0.5};
+# - the reweighting folded at a false-negative threshold (dsl_fn_threshold t in {0.3, 0.5, 0.7, 0.9},
+#   tau 0.3, gamma 0.5: DSL's chosen point);
+# - the slate taken from the whole catalogue's K best non-positive items (K {20, 100} x tau {0.2, 0.3}).
+_DSL = {"rec_loss": "DSL", "dsl_kappa": 2.0, "dsl_alpha": 0.5}
+VARIANTS = {
+    **{f"DSL intensity {m}": [{**_DSL, "loss_tau": t, "dsl_gamma": g, "dsl_intensity": m}
+                              for t in (0.2, 0.3) for g in (0.5, -0.5)] for m in ("sigmoid", "lse", "margin")},
+    "DSL false-negative fold": [{**_DSL, "loss_tau": 0.3, "dsl_gamma": 0.5, "dsl_fn_threshold": t}
+                                for t in (0.3, 0.5, 0.7, 0.9)],
+    "DSL catalogue slate": [{**_DSL, "loss_tau": t, "dsl_gamma": 0.5, "dsl_slate_source": "catalogue",
+                             "dsl_slate_size": k} for k in (20, 100) for t in (0.2, 0.3)],
+}
 ABLATIONS = {"DSL reweighting only": {"dsl_temperature": False}, "DSL temperature only": {"dsl_reweight": False}}
 
 
@@ -60,6 +76,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="bench_out/dsl.json")
     ap.add_argument("--report", action="store_true", help="only print the table of the results file")
+    ap.add_argument("--variants", nargs="*", default=None, metavar="NAME",
+                    help="only DSL's other readings (VARIANTS; all, or those whose name contains a NAME), MF, "
+                         "validation choice at seed 2020")
     args = ap.parse_args()
     seeds = [2020 + i for i in range(args.seeds)]
     # Resumable: what the results file already holds (same grid point, same seed) is not rerun.
@@ -73,6 +92,15 @@ def main():
     def save():
         save_results(results, args.out)
 
+    if args.variants is not None:
+        _, _, _, data = plugin_run("BPR", rec_loss="SL")
+        res = results.setdefault("BPR", {})
+        for name, grid in VARIANTS.items():
+            if args.variants and not any(v in name for v in args.variants):
+                continue
+            choose(res.setdefault(name, {}), grid, seeds[0], lambda s, point: run("BPR", data, s, **point), save)
+        print(report(results, seeds))
+        return
     for model in args.models:
         _, _, _, data = plugin_run(model, rec_loss="SL")
         res = results.setdefault(model, {})
@@ -98,6 +126,15 @@ def report(results, seeds):
     lines = ["| model | loss | chosen on validation | test Recall@20 | test NDCG@20 | NDCG vs SL |",
              "|---|---|---|---|---|---|"]
     for model, res in results.items():
+        if "SL" not in res:  # a variants-only file: every trial's validation score
+            lines = ["| variant | trial | valid NDCG@20 | test NDCG@20 (chosen trial only) |", "|---|---|---|---|"]
+            for name, r in res.items():
+                for v, point in r["grid"]:
+                    p = ", ".join(f"{k}={x}" for k, x in point.items()
+                                  if k not in ("rec_loss", "dsl_intensity", "dsl_kappa", "dsl_alpha", "dsl_slate_source"))
+                    test = f"{r['runs'][0]['test']['ndcg@20']:.4f}" if point == r.get("chosen") else ""
+                    lines.append(f"| {name} | {p} | {v:.4f} | {test} |")
+            return "\n".join(lines)
         sl = statistics.mean(x["test"]["ndcg@20"] for x in res["SL"]["runs"])
         for name, r in res.items():
             rec = [x["test"]["recall@20"] for x in r["runs"]]

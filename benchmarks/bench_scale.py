@@ -121,6 +121,11 @@ MF_RUNS = [
     ("sl-inbatch-sparse", "BPR", _sl("in_batch", sparse_update=True)),
     ("sl-all", "BPR", _sl("all")),  # the exact softmax over every item (its sampler may not exist yet)
     ("dsl-u256", "BPR", _sl("uniform", 256, "DSL")),
+    ("psl-u256", "BPR", _sl("uniform", 256, "PSL")),
+    # the papers' Gowalla rows' setting (bench_papers_gowalla.py): shared N = 1000, sparse_update
+    ("dsl-shared1000-sparse", "BPR", _sl("shared", 1000, "DSL", sparse_update=True)),
+    ("dsl-rw-shared1000-sparse", "BPR", _sl("shared", 1000, "DSL", sparse_update=True, dsl_temperature=False)),
+    ("psl-shared1000-sparse", "BPR", _sl("shared", 1000, "PSL", sparse_update=True)),
     ("bsl-u256", "BPR", _sl("uniform", 256, "BSL", train_batch_mode="user", bsl_form="paper", bsl_group_positives=True)),
     ("recbole-lightgcn", "LightGCN", None),
     ("lightgcn-sl-u256", "LightGCN", _sl("uniform", 256)),

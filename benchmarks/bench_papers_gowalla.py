@@ -1,0 +1,240 @@
+"""The papers' Gowalla rows (MF): RecBole's BPR, SL, BSL (official form), PSL x3 and DSL, each tuned on
+validation NDCG@20 over a small grid under one budget, the chosen point rerun with two more seeds.
+
+Data: ../shared/data/gowalla (LightGCN's split; train / valid; the valid file also stands in for
+RecBole's test split, whose numbers are never reported). Every run is one `run_recbole_dsl.py`
+process (1 torch thread, `--parallel` at a time) started from the shipped configuration of its row,
+examples/papers/gowalla-mf-<row>.yaml, with the grid point as command-line overrides; results are
+appended to benchmarks/results/papers_gowalla.jsonl as they arrive and finished (row, point, seed)
+triples are skipped, so an interrupted run resumes where it stopped.
+
+Stages, each needing the one before:
+  A  lr in {1e-3, 1e-2, 1e-1} for RecBole's BPR and for SL at tau 0.1 (the lr of every softmax row)
+  B  SL tau {0.05, 0.2}; PSL (tanh, atan, relu) tau {0.025, 0.05, 0.1} (halved convention); DSL tau {0.05, 0.1, 0.2}
+  C  BSL official per row, t1 = SL's best tau, t2 {1.1, 1.2, 1.3}; DSL reweighting only at its best tau
+  D  each row's best point (seed 2020) with seeds 2021 and 2022
+  E  beside the table, outside the tuning budget: DSL at its chosen tau with the temperature branch
+     on and the lse or margin intensity, or the temperature map reversed (dsl_gamma -0.5)
+  F  beside the table too: DSL's chosen point with the reweighting folded at a false-negative
+     threshold (dsl_fn_threshold 0.5), and DSL with the temperature branch on and its slate the
+     catalogue's 100 highest-scoring non-positive items (dsl_slate_source catalogue)
+
+    python benchmarks/bench_papers_gowalla.py              # run what is missing, then print the table
+    python benchmarks/bench_papers_gowalla.py --report     # the table only
+    python benchmarks/bench_papers_gowalla.py --write-configs   # the chosen points into examples/papers/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "papers_gowalla.jsonl"
+CONFIGS = ROOT / "examples" / "papers"
+BEST = re.compile(r"^valid: (.*)$", re.M)
+TUNE_SEED, SEEDS = 2020, (2021, 2022)
+
+# The budget every row shares (RecBole keys); the configs carry it, so a user's one-command run
+# is the benchmark's run.
+COMMON = {
+    "model": "BPR", "dataset": "gowalla", "data_path": "../shared/data",
+    "benchmark_filename": ["train", "valid", "valid"], "load_col": {"inter": ["user_id", "item_id"]},
+    "embedding_size": 64, "train_batch_size": 2048, "epochs": 15, "eval_step": 3, "stopping_step": 2,
+    "metrics": ["Recall", "NDCG"], "topk": [20], "valid_metric": "NDCG@20", "show_progress": False,
+}
+# Softmax rows: 1,000 negatives shared by the batch (one [B, N] product), lazy Adam on the touched rows.
+SOFTMAX = {"neg_sampler": "shared", "neg_num": 1000, "sparse_update": True}
+
+ROWS = {  # row -> (title, keys fixed for the row)
+    "bpr": ("RecBole BPR (its loss and sampler, 1 negative)", {"rec_loss": None}),
+    "sl": ("SL", {"rec_loss": "SL", **SOFTMAX}),
+    "bsl": ("BSL, official form per row", {"rec_loss": "BSL", "bsl_form": "official", **SOFTMAX}),
+    "psl-tanh": ("PSL tanh", {"rec_loss": "PSL", "psl_activation": "tanh", **SOFTMAX}),
+    "psl-atan": ("PSL atan", {"rec_loss": "PSL", "psl_activation": "atan", **SOFTMAX}),
+    "psl-relu": ("PSL relu", {"rec_loss": "PSL", "psl_activation": "relu", **SOFTMAX}),
+    "dsl": ("DSL", {"rec_loss": "DSL", **SOFTMAX}),
+}
+LRS = (1e-3, 1e-2, 1e-1)
+# Points with these keys are stage E's variants, outside every row's tuning budget.
+VARIANT_KEYS = {"dsl_intensity", "dsl_gamma", "dsl_fn_threshold", "dsl_slate_source"}
+DSL_VARIANTS = ({"dsl_intensity": "lse"}, {"dsl_intensity": "margin"}, {"dsl_gamma": -0.5})
+DSL_READINGS = ({"dsl_fn_threshold": 0.5}, {"dsl_slate_source": "catalogue", "dsl_slate_size": 100, "dsl_temperature": True})
+
+
+def _key(point: dict) -> str:
+    return json.dumps(point, sort_keys=True)
+
+
+def load() -> list:
+    if not RESULTS.exists():
+        return []
+    return [r for r in map(json.loads, filter(str.strip, RESULTS.read_text().splitlines())) if "error" not in r]
+
+
+def best_point(recs, row):
+    """The row's tuned point: highest validation NDCG@20 at the tuning seed (ties: the earlier run)."""
+    tuned = [r for r in recs if r["row"] == row and r["seed"] == TUNE_SEED and not VARIANT_KEYS & set(r["point"])]
+    return max(tuned, key=lambda r: r["best_valid"]["ndcg@20"])["point"] if tuned else None
+
+
+def stage_jobs(stage, recs):
+    """(row, point, seed) to run in a stage, given what has finished."""
+    if stage == "A":
+        return ([("bpr", {"learning_rate": lr}, TUNE_SEED) for lr in LRS]
+                + [("sl", {"learning_rate": lr, "loss_tau": 0.1}, TUNE_SEED) for lr in LRS])
+    lr = best_point(recs, "sl")["learning_rate"] if best_point(recs, "sl") else None
+    if stage == "B":
+        jobs = [("sl", {"learning_rate": lr, "loss_tau": t}, TUNE_SEED) for t in (0.05, 0.2)]
+        for act in ("tanh", "atan", "relu"):
+            jobs += [(f"psl-{act}", {"learning_rate": lr, "loss_tau": t}, TUNE_SEED) for t in (0.025, 0.05, 0.1)]
+        return jobs + [("dsl", {"learning_rate": lr, "loss_tau": t}, TUNE_SEED) for t in (0.05, 0.1, 0.2)]
+    if stage == "C":
+        sl_tau = best_point(recs, "sl")["loss_tau"]
+        dsl_tau = best_point(recs, "dsl")["loss_tau"]
+        return ([("bsl", {"learning_rate": lr, "bsl_t1": sl_tau, "bsl_t2": t2}, TUNE_SEED) for t2 in (1.1, 1.2, 1.3)]
+                + [("dsl", {"learning_rate": lr, "loss_tau": dsl_tau, "dsl_temperature": False}, TUNE_SEED)])
+    if stage == "D":
+        return [(row, best_point(recs, row), s) for row in ROWS if best_point(recs, row) for s in SEEDS]
+    if stage == "F":
+        best = best_point(recs, "dsl")
+        return [("dsl", {**best, **v}, TUNE_SEED) for v in DSL_READINGS]
+    # E: DSL's other readings of its temperature branch at its chosen tau (never tuned points:
+    # reported beside the table, one seed).
+    dsl = {k: v for k, v in best_point(recs, "dsl").items() if k != "dsl_temperature"}
+    return [("dsl", {**dsl, **v}, TUNE_SEED) for v in DSL_VARIANTS]
+
+
+def _arg(v) -> str:
+    return "None" if v is None else repr(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def run(job, args, meta):
+    row, point, seed = job
+    out = Path(args.out) / f"{row}-{abs(hash(_key(point))) % 10**8}-{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    keys = {"data_path": str(ROOT.parent / "shared" / "data"), "seed": seed, "checkpoint_dir": str(out / "saved"),
+            "gpu_id": "", "state": "INFO", **point}
+    cmd = ([sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--config_files={CONFIGS / f'gowalla-mf-{row}.yaml'}"]
+           + [f"--{k}={_arg(v)}" for k, v in keys.items()])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, cwd=out)
+    res = {"row": row, "point": point, "seed": seed, "wall_s": round(time.perf_counter() - t, 1)}
+    m = BEST.search(r.stdout)
+    if r.returncode != 0 or m is None:
+        res["error"] = (r.stderr or r.stdout)[-3000:]
+    else:
+        res["best_valid"] = {k: float(v) for k, v in (kv.split(": ") for kv in m.group(1).split(", "))}
+        res["valid_ndcg_per_eval"] = [float(v) for v in re.findall(r"valid_score: ([0-9.]+)", r.stderr)]
+        res["epoch_s"] = [float(v) for v in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", r.stderr)]
+        res["meta"] = meta
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(res) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k != "meta"})[:400], flush=True)
+    return res
+
+
+def write_configs(recs=None):
+    """One YAML per row: the shared budget, the row's keys and, once tuned, its chosen point."""
+    CONFIGS.mkdir(parents=True, exist_ok=True)
+    recs = load() if recs is None else recs
+    for row, (title, fixed) in ROWS.items():
+        point = best_point(recs, row)
+        lines = [f"# Gowalla, MF: {title}. Run from the repository root:",
+                 f"#   python run_recbole_dsl.py --config_files examples/papers/gowalla-mf-{row}.yaml",
+                 "# Written by benchmarks/bench_papers_gowalla.py --write-configs (BENCHMARKS.md, \"The papers' rows",
+                 "# on Gowalla\"): the budget shared by every row, then this row's point chosen on validation NDCG@20."]
+        if point is None:
+            lines.append("# Not tuned yet: the row's defaults.")
+        else:
+            seeds = [r["best_valid"]["ndcg@20"] for r in recs if r["row"] == row and r["point"] == point]
+            lines.append(f"# Validation NDCG@20 at this point: {', '.join(f'{v:.4f}' for v in seeds)} "
+                         f"({len(seeds)} seed{'s' * (len(seeds) > 1)}).")
+        body = {**COMMON, **fixed, **(point or {})}
+        lines += [f"{k}: {_yaml(v)}" for k, v in body.items()]
+        (CONFIGS / f"gowalla-mf-{row}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def _yaml(v) -> str:
+    if v is None:
+        return "~"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def report(recs) -> str:
+    lines = ["| row | chosen point (seed 2020) | valid NDCG@20 by seed (2020, 2021, 2022) | mean | vs BPR | vs SL | s / epoch |",
+             "|---|---|---|---|---|---|---|"]
+    means = {}
+    for row, (title, _) in ROWS.items():
+        point = best_point(recs, row)
+        if point is None:
+            continue
+        runs = [r for r in recs if r["row"] == row and r["point"] == point]
+        vals = [r["best_valid"]["ndcg@20"] for r in sorted(runs, key=lambda r: r["seed"])]
+        means[row] = (statistics.mean(vals), min(vals), max(vals))
+        ep = [e for r in runs for e in r.get("epoch_s", [])]
+        cells = [title, ", ".join(f"{k} {v}" for k, v in point.items()), ", ".join(f"{v:.4f}" for v in vals),
+                 f"{means[row][0]:.4f}", "", "", f"{statistics.median(ep):.1f}" if ep else ""]
+        lines.append(cells)
+    for cells in lines[2:]:
+        row = next(r for r, (t, _) in ROWS.items() if t == cells[0])
+        if "bpr" in means and row != "bpr":
+            cells[4] = f"{means[row][0] / means['bpr'][0] - 1:+.1%}"
+        if "sl" in means and row != "sl":
+            sep = ("seeds apart" if means[row][1] > means["sl"][2] or means[row][2] < means["sl"][1]
+                   else "seeds overlap")
+            cells[5] = f"{means[row][0] / means['sl'][0] - 1:+.1%} ({sep})"
+    out = lines[:2] + ["| " + " | ".join(c) + " |" for c in lines[2:]]
+    out += ["", "Every point run at seed 2020 (stages E and F's DSL variants included):", "", "| row | point | valid NDCG@20 | Recall@20 | evaluations |",
+            "|---|---|---|---|---|"]
+    for r in recs:
+        if r["seed"] == TUNE_SEED:
+            out.append(f"| {r['row']} | {', '.join(f'{k} {v}' for k, v in r['point'].items())} | "
+                       f"{r['best_valid']['ndcg@20']:.4f} | {r['best_valid']['recall@20']:.4f} | "
+                       f"{' '.join(f'{v:.4f}' for v in r['valid_ndcg_per_eval'])} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--parallel", type=int, default=2)
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--write-configs", action="store_true")
+    p.add_argument("--stages", default="ABCDEF")
+    p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla")
+    args = p.parse_args(argv)
+    if args.write_configs:
+        write_configs()
+        return
+    if not args.report:
+        if not all((CONFIGS / f"gowalla-mf-{row}.yaml").exists() for row in ROWS):
+            write_configs([])
+        meta = header("python benchmarks/bench_papers_gowalla.py " + " ".join(argv or sys.argv[1:]))
+        for stage in args.stages:
+            recs = load()
+            done = {(r["row"], _key(r["point"]), r["seed"]) for r in recs}
+            todo = [j for j in stage_jobs(stage, recs) if (j[0], _key(j[1]), j[2]) not in done]
+            print(f"stage {stage}: {len(todo)} runs", flush=True)
+            with ThreadPoolExecutor(args.parallel) as pool:
+                list(pool.map(lambda j: run(j, args, meta), todo))
+    print(report(load()))
+
+
+if __name__ == "__main__":
+    main()

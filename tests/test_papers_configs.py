@@ -1,0 +1,52 @@
+"""The shipped per-row configs of the papers' Gowalla table (examples/papers/) run as written, on
+small data, and select on validation data only."""
+import math
+import sys
+
+import pytest
+import yaml
+
+from recbole_dsl.quick_start import run_recbole_dsl
+
+from helpers import FAST, ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_papers_gowalla as bench  # noqa: E402
+
+CONFIGS = sorted((ROOT / "examples" / "papers").glob("gowalla-mf-*.yaml"))
+
+
+def test_one_config_per_row_of_the_benchmark():
+    assert {p.name for p in CONFIGS} == {f"gowalla-mf-{row}.yaml" for row in bench.ROWS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_reads_gowalla_s_train_and_valid_files_only(path):
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["dataset"] == "gowalla" and cfg["data_path"] == "../shared/data"
+    assert cfg["benchmark_filename"] == ["train", "valid", "valid"]  # the published test set stays aside
+    assert cfg["valid_metric"] == "NDCG@20"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_trains_and_evaluates(path, slice_root, tmp_path):
+    # The row's own loss, sampler and optimiser settings; only the data and the size are swapped.
+    small = {**FAST, "dataset": "ml-slice", "data_path": str(slice_root), "benchmark_filename": None,
+             "checkpoint_dir": str(tmp_path), "neg_num": 64}
+    res = run_recbole_dsl(config_file_list=[str(path)], config_dict=small, saved=False)
+    ndcg = res["best_valid_result"]["ndcg@20"]
+    assert math.isfinite(ndcg) and 0 < ndcg <= 1
+
+
+def test_stages_follow_the_chosen_points():
+    def rec(row, point, ndcg, seed=bench.TUNE_SEED):
+        return {"row": row, "point": point, "seed": seed, "best_valid": {"ndcg@20": ndcg}}
+
+    recs = [rec("sl", {"learning_rate": lr, "loss_tau": 0.1}, v) for lr, v in zip(bench.LRS, (0.10, 0.12, 0.05))]
+    assert {p["learning_rate"] for r, p, _ in bench.stage_jobs("B", recs)} == {1e-2}
+    recs += [rec("sl", {"learning_rate": 1e-2, "loss_tau": 0.2}, 0.13), rec("dsl", {"loss_tau": 0.05}, 0.1),
+             rec("sl", {"learning_rate": 1e-2, "loss_tau": 0.05}, 0.99, seed=2021)]  # other seeds never choose
+    bsl = [p for r, p, _ in bench.stage_jobs("C", recs) if r == "bsl"]
+    assert {p["bsl_t1"] for p in bsl} == {0.2} and sorted(p["bsl_t2"] for p in bsl) == [1.1, 1.2, 1.3]
+    seeds = [(r, p, s) for r, p, s in bench.stage_jobs("D", recs) if r == "sl"]
+    assert seeds == [("sl", {"learning_rate": 1e-2, "loss_tau": 0.2}, s) for s in bench.SEEDS]
