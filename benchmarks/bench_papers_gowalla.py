@@ -27,23 +27,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header  # noqa: E402
+from common import append_result, cli_run, header  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "papers_gowalla.jsonl"
 CONFIGS = ROOT / "examples" / "papers"
-BEST = re.compile(r"^valid: (.*)$", re.M)
 TUNE_SEED, SEEDS = 2020, (2021, 2022)
 
 # The budget every row shares (RecBole keys); the configs carry it, so a user's one-command run
@@ -116,9 +111,6 @@ def stage_jobs(stage, recs):
     return [("dsl", {**dsl, **v}, TUNE_SEED) for v in DSL_VARIANTS]
 
 
-def _arg(v) -> str:
-    return "None" if v is None else repr(v) if isinstance(v, (list, dict)) else str(v)
-
 
 def run(job, args, meta):
     row, point, seed = job
@@ -126,23 +118,13 @@ def run(job, args, meta):
     out.mkdir(parents=True, exist_ok=True)
     keys = {"data_path": str(ROOT.parent / "shared" / "data"), "seed": seed, "checkpoint_dir": str(out / "saved"),
             "gpu_id": "", "state": "INFO", **point}
-    cmd = ([sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--config_files={CONFIGS / f'gowalla-mf-{row}.yaml'}"]
-           + [f"--{k}={_arg(v)}" for k, v in keys.items()])
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, cwd=out)
-    res = {"row": row, "point": point, "seed": seed, "wall_s": round(time.perf_counter() - t, 1)}
-    m = BEST.search(r.stdout)
-    if r.returncode != 0 or m is None:
-        res["error"] = (r.stderr or r.stdout)[-3000:]
+    out_ = cli_run(CONFIGS / f"gowalla-mf-{row}.yaml", keys, out)
+    res = {"row": row, "point": point, "seed": seed, "wall_s": out_.pop("wall_s")}
+    if "error" in out_:
+        res["error"] = out_["error"]
     else:
-        res["best_valid"] = {k: float(v) for k, v in (kv.split(": ") for kv in m.group(1).split(", "))}
-        res["valid_ndcg_per_eval"] = [float(v) for v in re.findall(r"valid_score: ([0-9.]+)", r.stderr)]
-        res["epoch_s"] = [float(v) for v in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", r.stderr)]
-        res["meta"] = meta
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(res) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k != "meta"})[:400], flush=True)
+        res.update(best_valid=out_.pop("valid"), **out_, meta=meta)
+    append_result(RESULTS, res)
     return res
 
 

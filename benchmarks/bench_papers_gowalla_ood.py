@@ -22,25 +22,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header  # noqa: E402
+from common import append_result, cli_run, header  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "papers_gowalla_ood.jsonl"
 CONFIGS = ROOT / "examples" / "papers"
 SOURCE = ROOT.parent / "shared" / "data" / "gowalla" / "gowalla.train.inter"
 SPLIT_SEED, SEED, LR = 2024, 2020, 1e-3
 NAME = f"gowalla_train-ood-{SPLIT_SEED}"
-LINE = {split: re.compile(rf"^{split}: (.*)$", re.M) for split in ("valid", "test")}
 TITLES = {"bpr": "RecBole BPR", "sl": "SL", "psl-tanh": "PSL tanh", "bsl": "BSL, official form per row",
           "dsl": "DSL"}
 
@@ -88,25 +83,11 @@ def run(job, data: Path, out: Path, meta):
     folder.mkdir(parents=True, exist_ok=True)
     keys = {"data_path": str(data), "dataset": NAME, "benchmark_filename": ["train", "valid", "test"],
             "seed": SEED, "checkpoint_dir": str(folder / "saved"), "gpu_id": "", "state": "INFO", **point}
-    arg = lambda v: repr(v) if isinstance(v, list) else str(v)  # noqa: E731
-    cmd = ([sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--config_files={CONFIGS / f'gowalla-mf-{row}.yaml'}"]
-           + [f"--{k}={arg(v)}" for k, v in keys.items()])
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, cwd=folder)
-    res = {"row": row, "point": point, "seed": SEED, "wall_s": round(time.perf_counter() - t, 1)}
-    found = {s: LINE[s].search(r.stdout) for s in LINE}
-    if r.returncode != 0 or not all(found.values()):
-        res["error"] = (r.stderr or r.stdout)[-3000:]
-    else:
-        for s, m in found.items():
-            res[s] = {k: float(v) for k, v in (kv.split(": ") for kv in m.group(1).split(", "))}
-        res["valid_ndcg_per_eval"] = [float(v) for v in re.findall(r"valid_score: ([0-9.]+)", r.stderr)]
-        res["epoch_s"] = [float(v) for v in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", r.stderr)]
+    res = {"row": row, "point": point, "seed": SEED,
+           **cli_run(CONFIGS / f"gowalla-mf-{row}.yaml", keys, folder, splits=("valid", "test"))}
+    if "error" not in res:
         res["meta"] = meta
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(res) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k != "meta"})[:400], flush=True)
+    append_result(RESULTS, res)
     return res
 
 

@@ -84,6 +84,45 @@ def header(cmd: str) -> str:
     return f"command: `{cmd}`\n\ndate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {rev}; machine: {machine()}\n"
 
 
+# --- one run_recbole_dsl.py process per run (bench_papers_gowalla, bench_papers_gowalla_ood) ---
+
+def cli_run(config_file, keys: dict, cwd, splits=("valid",)) -> dict:
+    """Run ``run_recbole_dsl.py --config_files=config_file --key=value ...`` with 1 torch thread in
+    ``cwd`` and parse what it printed: {split: {metric: value}} for ``splits`` (the best validation
+    result, the test result), the validation score of every evaluation, the training time of
+    every epoch and the wall time; {"error": the output's tail} when it failed."""
+    import json
+    import re
+
+    def arg(v):
+        return "None" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+    cmd = ([sys.executable, str(ROOT / "run_recbole_dsl.py"), f"--config_files={config_file}"]
+           + [f"--{k}={arg(v)}" for k, v in keys.items()])
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, cwd=cwd)
+    res = {"wall_s": round(time.perf_counter() - t, 1)}
+    found = {s: re.search(rf"^{s}: (.*)$", r.stdout, re.M) for s in splits}
+    if r.returncode != 0 or not all(found.values()):
+        res["error"] = (r.stderr or r.stdout)[-3000:]
+        return res
+    for s, m in found.items():
+        res[s] = {k: float(v) for k, v in (kv.split(": ") for kv in m.group(1).split(", "))}
+    res["valid_ndcg_per_eval"] = [float(v) for v in re.findall(r"valid_score: ([0-9.]+)", r.stderr)]
+    res["epoch_s"] = [float(v) for v in re.findall(r"epoch \d+ training \[time: ([0-9.]+)s", r.stderr)]
+    return res
+
+
+def append_result(path, res: dict) -> None:
+    """One JSON line per run, written as it arrives (the scripts resume from the file)."""
+    import json
+
+    with open(path, "a") as f:
+        f.write(json.dumps(res) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k != "meta"})[:400], flush=True)
+
+
 # --- resumable "choose on validation, then repeat over seeds" runs (bench_quality, bench_dsl) ---
 
 def load_results(path) -> dict:
