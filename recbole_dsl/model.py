@@ -54,7 +54,8 @@ class RecLossRecommender(GeneralRecommender):
         self.neg_sampler = sampler_for_run(rec, settings.protocols, dataset, self.n_items, self.n_users).to(self.device)
         if self.rec_loss_fn.needs.catalogue_slate is not None and not SAMPLERS.get(rec.neg_sampler).exhaustive:
             # the loss's slate is scanned from the whole catalogue, positives left out
-            self.catalogue = catalogue_for_run(rec, dataset, self.n_items, self.n_users).to(self.device)
+            self.catalogue = catalogue_for_run(rec, dataset, self.n_items, self.n_users,
+                                               self.neg_sampler).to(self.device)
 
     # -- training -------------------------------------------------------------------------
     def train(self, mode: bool = True):

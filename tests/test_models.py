@@ -184,6 +184,7 @@ def test_dsl_catalogue_slate_is_the_top_of_every_non_positive_item(model, slice_
         model, "DSL", slice_data, tmp_path, neg_sampler="shared", neg_num=8, dsl_slate_source="catalogue",
         dsl_slate_size=k, dsl_gamma=0.5)
     assert net.rec_loss_fn.needs.catalogue_slate == k and net.catalogue is not None
+    assert net.catalogue.positives is net.neg_sampler.positives  # one positive table per run
     batch = next(iter(train)).to(config["device"])
     rows = net.rec_adapter.rows(batch)
     out = net.rec_adapter.forward(rows, net.neg_sampler.sample(rows.user, rows.pos_item).items)

@@ -44,9 +44,12 @@ def _positives(settings, dataset, n_items: int, n_users: int):
     return PositiveSet(inter[dataset.uid_field], inter[dataset.iid_field], n_items, n_users)
 
 
-def catalogue_for_run(settings, dataset, n_items: int, n_users: int):
+def catalogue_for_run(settings, dataset, n_items: int, n_users: int, sampler=None):
     """The `all` sampler over the run's training positives: its batches' ``excluded`` pairs leave
     each row's positives out of a scan of the whole catalogue (a loss's catalogue slate,
-    ScoreNeeds.catalogue_slate), whatever sampler draws the run's negatives."""
-    return build_sampler("all", n_items, 1, _positives(settings, dataset, n_items, n_users),
-                         block=settings.sampler_kwargs.get("block", 4096))
+    ScoreNeeds.catalogue_slate), whatever sampler draws the run's negatives. The run's
+    ``sampler`` lends its positive table when it has one (built once per run, not twice)."""
+    positives = getattr(sampler, "positives", None) if settings.exclude_positives else None
+    if positives is None:
+        positives = _positives(settings, dataset, n_items, n_users)
+    return build_sampler("all", n_items, 1, positives, block=settings.sampler_kwargs.get("block", 4096))
