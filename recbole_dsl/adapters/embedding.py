@@ -16,7 +16,7 @@ from torch import Tensor
 
 from recbole_dsl.adapters.base import ADAPTERS, Adapter, Forward, Rows, pick_rows
 from recbole_dsl.losses.full import AllItems, row_topk_all
-from recbole_dsl.scoring import all_item_scores, batch_scores, choose_score_path, prepare
+from recbole_dsl.scoring import FULL_BLOCK_CELLS, all_item_scores, batch_scores, choose_score_path, prepare
 
 
 def per_user(fn, user: Tensor) -> Tensor:
@@ -109,7 +109,10 @@ class EmbeddingAdapter(Adapter):
         u = prepare(out.user_e.detach(), score_fn)
         if rows.row_of is not None:
             u = u[rows.row_of]
-        return row_topk_all(u, prepare(out.items.detach(), score_fn), int(k), excluded=negs.excluded, block=negs.block)
+        # Nothing is kept per block (no gradient), so the scan may take blocks up to the full score
+        # path's cap rather than all_block_size's: fewer top-k merges (BENCHMARKS.md, "The catalogue scan").
+        block = max(int(negs.block), FULL_BLOCK_CELLS // max(1, int(u.shape[0])))
+        return row_topk_all(u, prepare(out.items.detach(), score_fn), int(k), excluded=negs.excluded, block=block)
 
     # -- evaluation -----------------------------------------------------------------------
     def invalidate(self) -> None:

@@ -335,11 +335,16 @@ def row_topk_all(u: Tensor, items: Tensor, k: int, excluded: Optional[Excluded] 
     _check_inputs(u, items, (), None)
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    top = u.new_empty((u.shape[0], 0))
+    # Unsorted merges and one sort of the k survivors at the end: a sorted top-k of every block
+    # was 20-25% of the scan at Gowalla size (k = 1000, BENCHMARKS.md, "The catalogue scan").
+    top = None
     for blk in item_blocks(items.shape[0], excluded, block, first_item, u.device):
-        cand = torch.cat([top, blk.fill_(_block_scores(u, items, blk), float("-inf"))], dim=1)
-        top = torch.topk(cand, min(int(k), cand.shape[1]), dim=1).values
-    return top
+        scores = blk.fill_(_block_scores(u, items, blk), float("-inf"))
+        cand = scores if top is None else torch.cat([top, scores], dim=1)
+        top = torch.topk(cand, min(int(k), cand.shape[1]), dim=1, sorted=False).values
+    if top is None:
+        return u.new_empty((u.shape[0], 0))
+    return torch.sort(top, dim=1, descending=True).values
 
 
 @torch.no_grad()
