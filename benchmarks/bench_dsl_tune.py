@@ -95,7 +95,7 @@ def load(path=RESULTS) -> dict:
 
 def one(name: str, args) -> dict:
     from recbole_dsl.tune import run_tune
-    from common import machine
+    from common import commit, machine
 
     dataset, space, trials = SEARCHES[name]
     grid = any(isinstance(v, dict) and "grid_search" in v for v in space.values())
@@ -121,18 +121,9 @@ def one(name: str, args) -> dict:
         "best_params": best.get("params"), "best_valid_ndcg@20": best.get("best_valid_score"),
         "best_epoch": best.get("best_epoch"), "test": best.get("test") if dataset == "ml-100k" else None,
         "errors": res.num_errors, "interrupted": res.interrupted, "wall_s": round(time.time() - t0, 1),
-        "path": res.path, "commit": _commit(), "machine": machine(), "parallel": args.parallel,
+        "path": res.path, "commit": commit(), "machine": machine(), "parallel": args.parallel,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-
-
-def _commit() -> str:
-    import subprocess
-
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=ROOT).stdout.strip()
-    return rev + ("-dirty" if dirty else "")
 
 
 def _fmt(v):

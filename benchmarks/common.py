@@ -76,11 +76,16 @@ def timed_epoch(trainer, train_data, epoch=0) -> float:
     return time.perf_counter() - t
 
 
-def header(cmd: str) -> str:
+def commit(dirty_mark: str = "-dirty") -> str:
+    """HEAD's short hash, ``dirty_mark`` added when tracked files differ from it."""
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=ROOT).stdout.strip()
-    rev += " (with uncommitted changes)" if dirty else ""
+    return rev + (dirty_mark if dirty else "")
+
+
+def header(cmd: str) -> str:
+    rev = commit(" (with uncommitted changes)")
     return f"command: `{cmd}`\n\ndate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {rev}; machine: {machine()}\n"
 
 

@@ -336,7 +336,7 @@ def row_topk_all(u: Tensor, items: Tensor, k: int, excluded: Optional[Excluded] 
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     # Unsorted merges and one sort of the k survivors at the end: a sorted top-k of every block
-    # was 20-25% of the scan at Gowalla size (k = 1000, BENCHMARKS.md, "The catalogue scan").
+    # was 20-35% of the scan at Gowalla size (k = 1000, BENCHMARKS.md, "The catalogue scan").
     top = None
     for blk in item_blocks(items.shape[0], excluded, block, first_item, u.device):
         scores = blk.fill_(_block_scores(u, items, blk), float("-inf"))
