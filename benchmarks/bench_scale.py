@@ -129,6 +129,9 @@ MF_RUNS = [
     ("bsl-u256", "BPR", _sl("uniform", 256, "BSL", train_batch_mode="user", bsl_form="paper", bsl_group_positives=True)),
     ("recbole-lightgcn", "LightGCN", None),
     ("lightgcn-sl-u256", "LightGCN", _sl("uniform", 256)),
+    # the plugin's propagation (CSR) with BPR's own loss shape: one uniform negative, positives rejected
+    ("lightgcn-bpr1", "LightGCN", _sl("uniform", 1, "BPR")),
+    ("lightgcn-sl-shared1000", "LightGCN", _sl("shared", 1000)),
 ]
 SCALE_RUNS = [("recbole-bpr", "BPR", None), ("sl-shared1000", "BPR", _sl("shared", 1000)),
               ("sl-u256", "BPR", _sl("uniform", 256)),

@@ -15,6 +15,7 @@ from recbole.utils import get_model as recbole_get_model, init_seed
 
 from recbole_dsl import ADAPTERS, LOSSES, Config, ConfigError, get_model, get_trainer
 from recbole_dsl.adapters import REFUSED, EmbeddingAdapter, LogitsAdapter, PairAdapter
+from recbole_dsl.adapters.graph import LightPropagationAdapter
 
 from helpers import FAST
 
@@ -259,6 +260,9 @@ def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
         return forward(*args, **kw)
 
     monkeypatch.setattr(net, "forward", counting)
+    if isinstance(net.rec_adapter, LightPropagationAdapter):  # the adapter propagates itself (in CSR)
+        propagate = net.rec_adapter.propagate
+        monkeypatch.setattr(net.rec_adapter, "propagate", lambda: calls.append(["graph"]) or propagate())
     batch = _one_batch(data).to(net.device)
     net.calculate_loss(batch)
     if isinstance(net.rec_adapter, PairAdapter):  # the B x (1 + N) pairs in one call, no tiling of the batch
@@ -267,6 +271,27 @@ def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
         assert len(calls) == 1 and calls[0][0] == len(batch)
     else:  # one propagation (SGL: plus its two perturbed views, for its own contrastive term)
         assert len(calls) == (3 if model == "SGL" else 1)
+
+
+@pytest.mark.parametrize("model", ["LightGCN", "NCL"])
+def test_adapter_propagation_equals_the_models_forward(model, slice_data, tmp_path):
+    """Same embeddings and the same gradients on the model's tables as RecBole's COO forward."""
+    _, net, _, _ = make(model, "SL", slice_data, tmp_path)
+    ours = net.rec_adapter.propagate()
+    theirs = net.forward()
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours[:2], theirs[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if model == "NCL":
+        assert len(ours[2]) == len(theirs[2])
+        for a, b in zip(ours[2], theirs[2]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(ours[1])
+    tables = [net.user_embedding.weight, net.item_embedding.weight]
+    g_ours = torch.autograd.grad((ours[0].sum() + (ours[1] * w).sum()), tables)
+    g_theirs = torch.autograd.grad((theirs[0].sum() + (theirs[1] * w).sum()), tables)
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 PAIR_MODELS = adapter_models(PairAdapter)

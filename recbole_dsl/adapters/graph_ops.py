@@ -1,0 +1,79 @@
+"""Propagation over a fixed sparse graph, for LightGCN-style models.
+
+RecBole's LightGCN and NCL keep their normalised adjacency as a COO tensor and propagate with
+`torch.sparse.mm`, whose CPU kernels (forward, and the backward through the COO tensor) dominate
+a Gowalla-size training step. `SparseOperator` keeps the same matrix in CSR once, with its
+transpose (the matrix itself when it is symmetric, as D^-1/2 A D^-1/2 of an undirected graph is),
+and differentiates the product with respect to the dense side only: d(A x)/dx applied to g is
+A^T g, one more CSR product. The matrix is a constant of the model (no gradient flows into it).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+
+def _coalesced(a: Tensor) -> Tensor:
+    if a.layout == torch.sparse_coo:
+        return a.coalesce()
+    return a.to_sparse_coo().coalesce()
+
+
+def _csr(a: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return a.to_sparse_csr()
+
+
+def _transpose(a: Tensor) -> Tensor:
+    return torch.sparse_coo_tensor(a.indices().flip(0), a.values(), (a.shape[1], a.shape[0]),
+                                   check_invariants=False).coalesce()
+
+
+def _is_symmetric(a: Tensor) -> bool:
+    """Exact test on a coalesced COO matrix: the same pattern and values as its transpose."""
+    if a.shape[0] != a.shape[1]:
+        return False
+    t = _transpose(a)
+    return bool(torch.equal(a.indices(), t.indices()) and torch.equal(a.values(), t.values()))
+
+
+class _SpMM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, a_t: Tensor) -> Tensor:
+        ctx.a_t = a_t
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.a_t @ grad, None, None
+
+
+class SparseOperator:
+    """``op(x) = A @ x`` for a constant sparse A ([n, m]) and a dense x ([m, d]), differentiable in x."""
+
+    def __init__(self, matrix: Tensor):
+        coo = _coalesced(matrix.detach())
+        self.shape = tuple(coo.shape)
+        self.a = _csr(coo)
+        self.symmetric = _is_symmetric(coo)
+        self.a_t = self.a if self.symmetric else _csr(_transpose(coo))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dtype != self.a.dtype:
+            raise TypeError(f"SparseOperator: the dense side is {x.dtype}, the matrix {self.a.dtype}")
+        return _SpMM.apply(x, self.a, self.a_t)
+
+
+def light_propagate(op: SparseOperator, ego: Tensor, n_layers: int,
+                    n_propagations: int = 0) -> Tuple[Tensor, List[Tensor]]:
+    """LightGCN's propagation: the mean of the ego embeddings and their first ``n_layers``
+    propagations, and the list of every layer, ``max(n_layers, n_propagations)`` propagations
+    (NCL's structure neighbours can reach further than the mean does)."""
+    layers = [ego]
+    for _ in range(max(n_layers, n_propagations)):
+        layers.append(op(layers[-1]))
+    return torch.stack(layers[: n_layers + 1], dim=1).mean(dim=1), layers
