@@ -1,14 +1,16 @@
-"""The papers' Gowalla rows (MF): RecBole's BPR, SL, BSL (official form), PSL x3 and DSL, each tuned on
-validation NDCG@20 over a small grid under one budget, the chosen point rerun with two more seeds.
+"""The papers' Gowalla rows: RecBole's BPR, SL, BSL (official form), PSL x3 and DSL, each tuned on
+validation NDCG@20 over a small grid under one budget, the chosen point rerun with two more seeds
+(MF), and the same rows on LightGCN at MF's chosen points (``--model lightgcn``).
 
 Data: ../shared/data/gowalla (LightGCN's split; train / valid; the valid file also stands in for
 RecBole's test split, whose numbers are never reported). Every run is one `run_recbole_dsl.py`
 process (1 torch thread, `--parallel` at a time) started from the shipped configuration of its row,
-examples/papers/gowalla-mf-<row>.yaml, with the grid point as command-line overrides; results are
-appended to benchmarks/results/papers_gowalla.jsonl as they arrive and finished (row, point, seed)
-triples are skipped, so an interrupted run resumes where it stopped.
+examples/papers/gowalla-<model>-<row>.yaml, with the grid point as command-line overrides; results
+are appended to benchmarks/results/papers_gowalla.jsonl (LightGCN: papers_gowalla_lightgcn.jsonl) as
+they arrive and finished (row, point, seed) triples are skipped, so an interrupted run resumes
+where it stopped.
 
-Stages, each needing the one before:
+MF stages, each needing the one before:
   A  lr in {1e-3, 1e-2, 1e-1} for RecBole's BPR and for SL at tau 0.1 (the lr of every softmax row)
   B  SL tau {0.05, 0.2}; PSL (tanh, atan, relu) tau {0.025, 0.05, 0.1} (halved convention); DSL tau {0.05, 0.1, 0.2}
   C  BSL official per row, t1 = SL's best tau, t2 {1.1, 1.2, 1.3}; DSL reweighting only at its best tau
@@ -19,7 +21,14 @@ Stages, each needing the one before:
      threshold (dsl_fn_threshold 0.5), and DSL with the temperature branch on and its slate the
      catalogue's 100 highest-scoring non-positive items (dsl_slate_source catalogue)
 
+LightGCN stages (an epoch costs 10-15 times MF's on 2 cores, so its rows are not tuned here):
+  T  every row at MF's chosen point, seed 2020 (BPR: the plugin's BPR loss with one uniform
+     negative, the positives rejected, as RecBole's LightGCN trains, through the plugin's faster
+     propagation)
+  D  as for MF
+
     python benchmarks/bench_papers_gowalla.py              # run what is missing, then print the table
+    python benchmarks/bench_papers_gowalla.py --model lightgcn --stages T
     python benchmarks/bench_papers_gowalla.py --report     # the table only
     python benchmarks/bench_papers_gowalla.py --write-configs   # the chosen points into examples/papers/
 """
@@ -30,6 +39,7 @@ import json
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,15 +77,43 @@ VARIANT_KEYS = {"dsl_intensity", "dsl_gamma", "dsl_fn_threshold", "dsl_slate_sou
 DSL_VARIANTS = ({"dsl_intensity": "lse"}, {"dsl_intensity": "margin"}, {"dsl_gamma": -0.5})
 DSL_READINGS = ({"dsl_fn_threshold": 0.5}, {"dsl_slate_source": "catalogue", "dsl_slate_size": 100, "dsl_temperature": True})
 
+# LightGCN (RecBole's defaults: 2 layers, reg_weight 1e-5): the MF budget and rows, without
+# sparse_update (the propagation touches every row of the tables); its BPR row is the plugin's BPR
+# loss on one uniform negative, so it gets the plugin's CSR propagation too.
+LIGHTGCN_ROWS = {row: (title, {k: v for k, v in keys.items() if k != "sparse_update"})
+                 for row, (title, keys) in ROWS.items()}
+LIGHTGCN_ROWS["bpr"] = ("BPR (one uniform negative, as RecBole's LightGCN)",
+                        {"rec_loss": "BPR", "neg_sampler": "uniform", "neg_num": 1})
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str  # the configs' infix: examples/papers/gowalla-<name>-<row>.yaml
+    model: str  # RecBole's model name
+    rows: dict
+    results: Path
+    stages: str  # the stages run by default
+    budget: tuple = ()  # (key, value) pairs over COMMON
+
+
+MF = Suite("mf", "BPR", ROWS, RESULTS, "ABCDEF")
+# 9 epochs (3 evaluations) instead of 15: a LightGCN epoch is ~80-110 s on 2 cores.
+LIGHTGCN = Suite("lightgcn", "LightGCN", LIGHTGCN_ROWS, ROOT / "benchmarks" / "results" / "papers_gowalla_lightgcn.jsonl",
+                 "TD", (("epochs", 9),))
+# Stage T's order: the rows the papers' claims are about first, PSL's other two activations last
+# (on MF they stayed within 0.0002 of tanh).
+LAST = ("psl-atan", "psl-relu")
+SUITES = {s.name: s for s in (MF, LIGHTGCN)}
+
 
 def _key(point: dict) -> str:
     return json.dumps(point, sort_keys=True)
 
 
-def load() -> list:
-    if not RESULTS.exists():
+def load(suite: Suite = MF) -> list:
+    if not suite.results.exists():
         return []
-    return [r for r in map(json.loads, filter(str.strip, RESULTS.read_text().splitlines())) if "error" not in r]
+    return [r for r in map(json.loads, filter(str.strip, suite.results.read_text().splitlines())) if "error" not in r]
 
 
 def best_point(recs, row):
@@ -84,8 +122,13 @@ def best_point(recs, row):
     return max(tuned, key=lambda r: r["best_valid"]["ndcg@20"])["point"] if tuned else None
 
 
-def stage_jobs(stage, recs):
-    """(row, point, seed) to run in a stage, given what has finished."""
+def stage_jobs(stage, recs, suite: Suite = MF, mf_recs=None):
+    """(row, point, seed) to run in a stage, given what has finished (mf_recs: MF's, for stage T)."""
+    if stage == "T":
+        rows = sorted(suite.rows, key=lambda r: r in LAST)
+        return [(row, best_point(mf_recs, row), TUNE_SEED) for row in rows if best_point(mf_recs, row)]
+    if stage == "D":
+        return [(row, best_point(recs, row), s) for row in suite.rows if best_point(recs, row) for s in SEEDS]
     if stage == "A":
         return ([("bpr", {"learning_rate": lr}, TUNE_SEED) for lr in LRS]
                 + [("sl", {"learning_rate": lr, "loss_tau": 0.1}, TUNE_SEED) for lr in LRS])
@@ -100,8 +143,6 @@ def stage_jobs(stage, recs):
         dsl_tau = best_point(recs, "dsl")["loss_tau"]
         return ([("bsl", {"learning_rate": lr, "bsl_t1": sl_tau, "bsl_t2": t2}, TUNE_SEED) for t2 in (1.1, 1.2, 1.3)]
                 + [("dsl", {"learning_rate": lr, "loss_tau": dsl_tau, "dsl_temperature": False}, TUNE_SEED)])
-    if stage == "D":
-        return [(row, best_point(recs, row), s) for row in ROWS if best_point(recs, row) for s in SEEDS]
     if stage == "F":
         best = best_point(recs, "dsl")
         return [("dsl", {**best, **v}, TUNE_SEED) for v in DSL_READINGS]
@@ -112,41 +153,47 @@ def stage_jobs(stage, recs):
 
 
 
-def run(job, args, meta):
+def run(job, args, meta, suite: Suite = MF):
     row, point, seed = job
     out = Path(args.out) / f"{row}-{abs(hash(_key(point))) % 10**8}-{seed}"
     out.mkdir(parents=True, exist_ok=True)
     keys = {"data_path": str(ROOT.parent / "shared" / "data"), "seed": seed, "checkpoint_dir": str(out / "saved"),
             "gpu_id": "", "state": "INFO", **point}
-    out_ = cli_run(CONFIGS / f"gowalla-mf-{row}.yaml", keys, out)
+    out_ = cli_run(CONFIGS / f"gowalla-{suite.name}-{row}.yaml", keys, out)
     res = {"row": row, "point": point, "seed": seed, "wall_s": out_.pop("wall_s")}
     if "error" in out_:
         res["error"] = out_["error"]
     else:
         res.update(best_valid=out_.pop("valid"), **out_, meta=meta)
-    append_result(RESULTS, res)
+    append_result(suite.results, res)
     return res
 
 
-def write_configs(recs=None):
-    """One YAML per row: the shared budget, the row's keys and, once tuned, its chosen point."""
+def write_configs(recs=None, suite: Suite = MF):
+    """One YAML per row: the shared budget, the row's keys and, once tuned, its chosen point
+    (LightGCN: MF's chosen point, which its rows run at)."""
     CONFIGS.mkdir(parents=True, exist_ok=True)
-    recs = load() if recs is None else recs
-    for row, (title, fixed) in ROWS.items():
-        point = best_point(recs, row)
-        lines = [f"# Gowalla, MF: {title}. Run from the repository root:",
-                 f"#   python run_recbole_dsl.py --config_files examples/papers/gowalla-mf-{row}.yaml",
+    recs = load(suite) if recs is None else recs
+    mf_recs = load(MF) if suite is LIGHTGCN else recs
+    title_model = "MF" if suite is MF else suite.model
+    for row, (title, fixed) in suite.rows.items():
+        point = best_point(mf_recs, row)
+        lines = [f"# Gowalla, {title_model}: {title}. Run from the repository root:",
+                 f"#   python run_recbole_dsl.py --config_files examples/papers/gowalla-{suite.name}-{row}.yaml",
                  "# Written by benchmarks/bench_papers_gowalla.py --write-configs (BENCHMARKS.md, \"The papers' rows",
                  "# on Gowalla\"): the budget shared by every row, then this row's point chosen on validation NDCG@20."]
+        if suite is LIGHTGCN:
+            lines.append("# The point is MF's (stage T): the LightGCN rows are not tuned.")
         if point is None:
             lines.append("# Not tuned yet: the row's defaults.")
         else:
             seeds = [r["best_valid"]["ndcg@20"] for r in recs if r["row"] == row and r["point"] == point]
-            lines.append(f"# Validation NDCG@20 at this point: {', '.join(f'{v:.4f}' for v in seeds)} "
-                         f"({len(seeds)} seed{'s' * (len(seeds) > 1)}).")
-        body = {**COMMON, **fixed, **(point or {})}
+            if seeds:
+                lines.append(f"# Validation NDCG@20 at this point: {', '.join(f'{v:.4f}' for v in seeds)} "
+                             f"({len(seeds)} seed{'s' * (len(seeds) > 1)}).")
+        body = {**COMMON, "model": suite.model, **dict(suite.budget), **fixed, **(point or {})}
         lines += [f"{k}: {_yaml(v)}" for k, v in body.items()]
-        (CONFIGS / f"gowalla-mf-{row}.yaml").write_text("\n".join(lines) + "\n")
+        (CONFIGS / f"gowalla-{suite.name}-{row}.yaml").write_text("\n".join(lines) + "\n")
 
 
 def _yaml(v) -> str:
@@ -159,11 +206,11 @@ def _yaml(v) -> str:
     return str(v)
 
 
-def report(recs) -> str:
+def report(recs, suite: Suite = MF) -> str:
     lines = ["| row | chosen point (seed 2020) | valid NDCG@20 by seed (2020, 2021, 2022) | mean | vs BPR | vs SL | s / epoch |",
              "|---|---|---|---|---|---|---|"]
     means = {}
-    for row, (title, _) in ROWS.items():
+    for row, (title, _) in suite.rows.items():
         point = best_point(recs, row)
         if point is None:
             continue
@@ -175,7 +222,7 @@ def report(recs) -> str:
                  f"{means[row][0]:.4f}", "", "", f"{statistics.median(ep):.1f}" if ep else ""]
         lines.append(cells)
     for cells in lines[2:]:
-        row = next(r for r, (t, _) in ROWS.items() if t == cells[0])
+        row = next(r for r, (t, _) in suite.rows.items() if t == cells[0])
         if "bpr" in means and row != "bpr":
             cells[4] = f"{means[row][0] / means['bpr'][0] - 1:+.1%}"
         if "sl" in means and row != "sl":
@@ -198,24 +245,26 @@ def main(argv=None):
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report", action="store_true")
     p.add_argument("--write-configs", action="store_true")
-    p.add_argument("--stages", default="ABCDEF")
+    p.add_argument("--model", choices=sorted(SUITES), default="mf")
+    p.add_argument("--stages", default=None, help="default: ABCDEF (mf), TD (lightgcn)")
     p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla")
     args = p.parse_args(argv)
+    suite = SUITES[args.model]
     if args.write_configs:
-        write_configs()
+        write_configs(suite=suite)
         return
     if not args.report:
-        if not all((CONFIGS / f"gowalla-mf-{row}.yaml").exists() for row in ROWS):
-            write_configs([])
+        if not all((CONFIGS / f"gowalla-{suite.name}-{row}.yaml").exists() for row in suite.rows):
+            write_configs([] if suite is MF else None, suite=suite)
         meta = header("python benchmarks/bench_papers_gowalla.py " + " ".join(argv or sys.argv[1:]))
-        for stage in args.stages:
-            recs = load()
+        for stage in args.stages or suite.stages:
+            recs = load(suite)
             done = {(r["row"], _key(r["point"]), r["seed"]) for r in recs}
-            todo = [j for j in stage_jobs(stage, recs) if (j[0], _key(j[1]), j[2]) not in done]
+            todo = [j for j in stage_jobs(stage, recs, suite, load(MF)) if (j[0], _key(j[1]), j[2]) not in done]
             print(f"stage {stage}: {len(todo)} runs", flush=True)
             with ThreadPoolExecutor(args.parallel) as pool:
-                list(pool.map(lambda j: run(j, args, meta), todo))
-    print(report(load()))
+                list(pool.map(lambda j: run(j, args, meta, suite), todo))
+    print(report(load(suite), suite))
 
 
 if __name__ == "__main__":

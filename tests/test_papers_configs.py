@@ -13,11 +13,11 @@ from helpers import FAST, ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_papers_gowalla as bench  # noqa: E402
 
-CONFIGS = sorted((ROOT / "examples" / "papers").glob("gowalla-mf-*.yaml"))
+CONFIGS = sorted((ROOT / "examples" / "papers").glob("gowalla-*.yaml"))
 
 
 def test_one_config_per_row_of_the_benchmark():
-    assert {p.name for p in CONFIGS} == {f"gowalla-mf-{row}.yaml" for row in bench.ROWS}
+    assert {p.name for p in CONFIGS} == {f"gowalla-{s.name}-{row}.yaml" for s in bench.SUITES.values() for row in s.rows}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -50,3 +50,22 @@ def test_stages_follow_the_chosen_points():
     assert {p["bsl_t1"] for p in bsl} == {0.2} and sorted(p["bsl_t2"] for p in bsl) == [1.1, 1.2, 1.3]
     seeds = [(r, p, s) for r, p, s in bench.stage_jobs("D", recs) if r == "sl"]
     assert seeds == [("sl", {"learning_rate": 1e-2, "loss_tau": 0.2}, s) for s in bench.SEEDS]
+
+
+def test_lightgcn_rows_run_at_mf_s_chosen_points():
+    def rec(row, point, ndcg):
+        return {"row": row, "point": point, "seed": bench.TUNE_SEED, "best_valid": {"ndcg@20": ndcg}}
+
+    mf = [rec("sl", {"loss_tau": 0.1}, 0.11), rec("sl", {"loss_tau": 0.2}, 0.09), rec("psl-atan", {"loss_tau": 0.05}, 0.1),
+          rec("dsl", {"loss_tau": 0.1}, 0.1)]
+    jobs = bench.stage_jobs("T", [], bench.LIGHTGCN, mf)
+    assert jobs == [("sl", {"loss_tau": 0.1}, bench.TUNE_SEED), ("dsl", {"loss_tau": 0.1}, bench.TUNE_SEED),
+                    ("psl-atan", {"loss_tau": 0.05}, bench.TUNE_SEED)]  # PSL's other activations last
+    lgcn = [rec("sl", {"loss_tau": 0.1}, 0.12)]
+    assert bench.stage_jobs("D", lgcn, bench.LIGHTGCN) == [("sl", {"loss_tau": 0.1}, s) for s in bench.SEEDS]
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "-lightgcn-" in p.name], ids=lambda p: p.stem)
+def test_lightgcn_configs_train_lightgcn_without_row_sparse_updates(path):
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["model"] == "LightGCN" and not cfg.get("sparse_update")
