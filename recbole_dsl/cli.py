@@ -75,6 +75,8 @@ TUNE_OPTIONS = (
                help="ASHA: epochs every trial runs before it can be stopped (5)"),
     TuneOption("--tune_reduction_factor", "reduction_factor", type=float,
                help="ASHA: keep 1/this of the trials at each rung (2)"),
+    TuneOption("--tune_startup_trials", "startup_trials", type=int,
+               help="optuna / hyperopt: random trials before the search's model guides it (10 / 20)"),
     TuneOption("--tune_cpus", "cpus_per_trial", type=float, help="CPUs per trial; torch uses as many threads (1)"),
     TuneOption("--tune_gpus", "gpus_per_trial", type=float, help="GPUs per trial, assigned by Ray (0)"),
     TuneOption("--tune_max_concurrent", "max_concurrent_trials", type=int,

@@ -212,6 +212,9 @@ def test_run_tune_keywords_are_the_options_fields():
     (dict(max_concurrent_trials=1.5), "max_concurrent_trials=1.5", "integer"),
     (dict(num_cpus=0), "num_cpus=0", ">= 1"),
     (dict(verbose=-1), "verbose=-1", ">= 0"),
+    (dict(search_alg="optuna", startup_trials=0), "startup_trials=0", ">= 1"),
+    (dict(search_alg="optuna", startup_trials=2.5), "startup_trials=2.5", "integer"),
+    (dict(search_alg="random", startup_trials=3), "startup_trials=3", "optuna"),
 ])
 def test_bad_option_is_refused_when_the_options_are_built(options, key, allowed):
     with pytest.raises(ConfigError) as e:
@@ -228,6 +231,36 @@ def test_options_settle_from_call_then_space_then_defaults():
         TuneOptions().for_space({"search_alg": "bayes"})
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.search_alg = "grid"
+
+
+def test_startup_trials_need_a_model_based_search_however_it_is_chosen():
+    with pytest.raises(ConfigError, match="startup_trials=4.*only with search_alg"):
+        TuneOptions(startup_trials=4).for_space({})  # the grid, the default
+    assert TuneOptions(startup_trials=4).for_space({"search_alg": "optuna"}).startup_trials == 4
+    assert TuneOptions().for_space({"search_alg": "optuna", "startup_trials": 5}).startup_trials == 5
+
+
+def test_startup_trials_reach_the_searchers_sampler():
+    from recbole_dsl.tune.runner import _search_alg
+
+    default = _search_alg(TuneOptions(search_alg="optuna").for_space({}), seed=1)
+    assert default._sampler is None  # Ray's default: TPESampler(seed) with Optuna's 10 random trials
+    searcher = _search_alg(TuneOptions(search_alg="optuna", startup_trials=3).for_space({}), seed=1)
+    assert searcher._sampler._n_startup_trials == 3
+    # the seed still fixes the draws: two samplers seeded alike propose the same first point
+    import optuna
+
+    draws = []
+    for _ in range(2):
+        s = _search_alg(TuneOptions(search_alg="optuna", startup_trials=3).for_space({}), seed=7)._sampler
+        study = optuna.create_study(sampler=s)
+        draws.append(study.ask().suggest_float("x", 0, 1))
+    assert draws[0] == draws[1]
+
+
+def test_a_search_saved_before_startup_trials_existed_resumes_with_the_default():
+    saved = {k: v for k, v in TuneOptions(search_alg="optuna").for_space({}).to_saved().items() if k != "startup_trials"}
+    assert TuneOptions().resumed(saved).startup_trials is None
 
 
 def test_run_tune_takes_an_options_object(tmp_path, no_ray_left):
@@ -643,7 +676,8 @@ def test_failing_trial_is_reported_and_the_search_goes_on(slice_root, tmp_path, 
 def test_optuna_search_through_ray_tune(slice_root, tmp_path, ray_tmp, no_ray_left, no_ray_process_left):
     space = {"rec_loss": "SL", "loss_tau": {"loguniform": [0.02, 0.5]}, "neg_num": {"grid_search": [16, 32]}}
     result = run_tune(space, dataset="ml-slice", config_dict=dict(TRIAL, data_path=str(slice_root), epochs=1),
-                      search_alg="optuna", num_samples=2, storage_path=tmp_path, name="optuna", num_cpus=2,
+                      search_alg="optuna", num_samples=2, startup_trials=1,  # the second trial is TPE's
+                      storage_path=tmp_path, name="optuna", num_cpus=2,
                       ray_temp_dir=ray_tmp, verbose=0, test_best=False)
     assert_no_ray_process(no_ray_process_left)
     assert len(result.rows) == 2 and result.num_errors == 0, result.summary

@@ -29,6 +29,9 @@ from recbole_dsl.tune.space import (
 from recbole_dsl.tune.trial import CONFIG_ARGS, _plain, evaluate_best, recbole_trial
 
 SEARCH_ALGS = ("grid", "random", "optuna", "hyperopt")
+# The searches that fit a model to the finished trials; the first startup_trials of them are random
+# draws (the libraries' defaults: Optuna's TPE 10, HyperOpt 20).
+MODEL_BASED = ("optuna", "hyperopt")
 SCHEDULERS = ("fifo", "asha")
 SETUP_FILE = "recbole_dsl_tune.pkl"
 MEMORY_MONITOR = "RAY_memory_monitor_refresh_ms"
@@ -103,6 +106,7 @@ class TuneOptions:
     scheduler: Optional[str] = None
     grace_period: Optional[int] = None
     reduction_factor: Optional[float] = None
+    startup_trials: Optional[int] = None
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     max_concurrent_trials: Optional[int] = None
@@ -134,6 +138,13 @@ class TuneOptions:
         if self.reduction_factor is not None and (not isinstance(self.reduction_factor, (int, float))
                                                   or self.reduction_factor <= 1):
             raise ConfigError("reduction_factor", self.reduction_factor, "a number > 1")
+        st = self.startup_trials
+        if st is not None and (not _is_int(st) or st < 1):
+            raise ConfigError("startup_trials", st, "an integer >= 1 (random trials before the search's model guides it)")
+        # search_alg None: the space's tune_options still settle it (for_space checks again)
+        if st is not None and self.search_alg is not None and self.search_alg not in MODEL_BASED:
+            raise ConfigError("startup_trials", st, f"only with search_alg one of {list(MODEL_BASED)}",
+                              hint=f"search_alg is {self.search_alg!r}, which draws every trial without a model")
         if not isinstance(self.cpus_per_trial, (int, float)) or self.cpus_per_trial <= 0:
             raise ConfigError("cpus_per_trial", self.cpus_per_trial, "a number > 0")
         if not isinstance(self.gpus_per_trial, (int, float)) or self.gpus_per_trial < 0:
@@ -180,7 +191,8 @@ class TuneOptions:
 
     def resumed(self, saved: Mapping[str, Any]) -> "TuneOptions":
         """The options of the search being resumed; only verbosity and where to run come from this call."""
-        return dataclasses.replace(self, **{k: saved[k] for k in SAVED_OPTIONS if k != "verbose"})
+        # searches saved before an option existed ran with its default
+        return dataclasses.replace(self, **{k: saved.get(k) for k in SAVED_OPTIONS if k != "verbose"})
 
 
 def _call_options(options: Optional[TuneOptions], keywords: Mapping[str, Any]) -> TuneOptions:
@@ -204,10 +216,16 @@ def _search_alg(o: TuneOptions, seed):
     if o.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=seed)
+        if o.startup_trials is None:
+            return OptunaSearch(seed=seed)
+        from optuna.samplers import TPESampler  # Ray's default sampler, with its startup count set
+
+        return OptunaSearch(sampler=TPESampler(seed=seed, n_startup_trials=o.startup_trials))
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    return HyperOptSearch(random_state_seed=seed)
+    if o.startup_trials is None:
+        return HyperOptSearch(random_state_seed=seed)
+    return HyperOptSearch(random_state_seed=seed, n_initial_points=o.startup_trials)
 
 
 def _scheduler(o: TuneOptions, max_epochs):
@@ -747,8 +765,8 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
              config_dict: Optional[Mapping[str, Any]] = None, cmd_args: Sequence[str] = (), *,
              num_samples: Optional[int] = None, search_alg: Optional[str] = None,
              scheduler: Optional[str] = None, grace_period: Optional[int] = None,
-             reduction_factor: Optional[float] = None, cpus_per_trial: float = 1,
-             gpus_per_trial: float = 0, max_concurrent_trials: Optional[int] = None,
+             reduction_factor: Optional[float] = None, startup_trials: Optional[int] = None,
+             cpus_per_trial: float = 1, gpus_per_trial: float = 0, max_concurrent_trials: Optional[int] = None,
              address: Optional[str] = None, storage_path: Union[str, os.PathLike] = DEFAULT_STORAGE,
              name: Optional[str] = None, resume: Union[str, os.PathLike, None] = None,
              retry_errored: bool = False, verbose: int = 1, num_cpus: Optional[int] = None,
@@ -759,7 +777,8 @@ def run_tune(space: Union[str, os.PathLike, Mapping, SearchSpace, None] = None, 
     space: a YAML file, a dict in the same format, or a SearchSpace. model/dataset/config_file_list/
     config_dict/cmd_args: as for run_recbole_dsl (the space's values win over files and dict; a key
     both on the command line and in the space is an error). search_alg: grid | random | optuna |
-    hyperopt; scheduler: fifo | asha (grace_period, reduction_factor in epochs). address: None
+    hyperopt (startup_trials: their random trials before the model guides, default 10 / 20);
+    scheduler: fifo | asha (grace_period, reduction_factor in epochs). address: None
     starts a local Ray (num_cpus, ray_temp_dir), 'auto' or 'host:port' joins a running cluster.
     resume: the folder of an interrupted search to continue (finished trials are kept).
     options: a TuneOptions holding the keyword arguments from num_samples to test_best, instead

@@ -39,7 +39,7 @@ SAMPLERS = (
 )
 OPTIONS_KEY = "tune_options"
 # Options a space file may carry as defaults (the command line and the Python API override them).
-SPACE_OPTIONS = ("num_samples", "search_alg", "scheduler", "grace_period", "reduction_factor")
+SPACE_OPTIONS = ("num_samples", "search_alg", "scheduler", "grace_period", "reduction_factor", "startup_trials")
 # Keys a space must not search: the search sets them per trial or compares trials by them.
 RESERVED = {
     "checkpoint_dir": "each trial gets its own checkpoint folder",
