@@ -207,7 +207,8 @@ def _yaml(v) -> str:
 
 
 def report(recs, suite: Suite = MF) -> str:
-    lines = ["| row | chosen point (seed 2020) | valid NDCG@20 by seed (2020, 2021, 2022) | mean | vs BPR | vs SL | s / epoch |",
+    point_title = "chosen point (seed 2020)" if suite is MF else "point (MF's chosen one)"
+    lines = [f"| row | {point_title} | valid NDCG@20 by seed (2020, 2021, 2022) | mean | vs BPR | vs SL | s / epoch |",
              "|---|---|---|---|---|---|---|"]
     means = {}
     for row, (title, _) in suite.rows.items():
@@ -216,7 +217,7 @@ def report(recs, suite: Suite = MF) -> str:
             continue
         runs = [r for r in recs if r["row"] == row and r["point"] == point]
         vals = [r["best_valid"]["ndcg@20"] for r in sorted(runs, key=lambda r: r["seed"])]
-        means[row] = (statistics.mean(vals), min(vals), max(vals))
+        means[row] = (statistics.mean(vals), min(vals), max(vals), len(vals))
         ep = [e for r in runs for e in r.get("epoch_s", [])]
         cells = [title, ", ".join(f"{k} {v}" for k, v in point.items()), ", ".join(f"{v:.4f}" for v in vals),
                  f"{means[row][0]:.4f}", "", "", f"{statistics.median(ep):.1f}" if ep else ""]
@@ -226,7 +227,8 @@ def report(recs, suite: Suite = MF) -> str:
         if "bpr" in means and row != "bpr":
             cells[4] = f"{means[row][0] / means['bpr'][0] - 1:+.1%}"
         if "sl" in means and row != "sl":
-            sep = ("seeds apart" if means[row][1] > means["sl"][2] or means[row][2] < means["sl"][1]
+            sep = ("one seed" if min(means[row][3], means["sl"][3]) < 2
+                   else "seeds apart" if means[row][1] > means["sl"][2] or means[row][2] < means["sl"][1]
                    else "seeds overlap")
             cells[5] = f"{means[row][0] / means['sl'][0] - 1:+.1%} ({sep})"
     out = lines[:2] + ["| " + " | ".join(c) + " |" for c in lines[2:]]
