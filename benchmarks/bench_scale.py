@@ -26,7 +26,7 @@ Groups:
 - smoke: a 20k-interaction synthetic set, RecBole BPR and SL uniform N=16 (tests the harness).
 
 Ratios: each run's s/epoch and peak RSS over its base run's (the same data's RecBole BPR run;
-LightGCN runs: RecBole's LightGCN). The numbers are only meaningful on an otherwise idle machine.
+LightGCN and SGL runs: RecBole's own of that model). The numbers are only meaningful on an otherwise idle machine.
 Peak RSS includes data loading (RecBole's, 4.6 GB at 10M interactions); load_peak_rss_mib in the
 results file is the peak before training. Budget: every run steps Adam over the dense embedding
 tables, so a CPU step costs time in proportion to users + items (2 cores: ~0.03 s at Gowalla's 71k
@@ -132,6 +132,9 @@ MF_RUNS = [
     # the plugin's propagation (CSR) with BPR's own loss shape: one uniform negative, positives rejected
     ("lightgcn-bpr1", "LightGCN", _sl("uniform", 1, "BPR")),
     ("lightgcn-sl-shared1000", "LightGCN", _sl("shared", 1000)),
+    # SGL: three propagations a step (its training graph and two perturbed views)
+    ("recbole-sgl", "SGL", None),
+    ("sgl-sl-u256", "SGL", _sl("uniform", 256)),
 ]
 SCALE_RUNS = [("recbole-bpr", "BPR", None), ("sl-shared1000", "BPR", _sl("shared", 1000)),
               ("sl-u256", "BPR", _sl("uniform", 256)),
@@ -147,7 +150,7 @@ GROUPS = {
     "smoke": [(_synth("synth-smoke", 2_000, 2_000, 20_000), SMOKE_RUNS)],
 }
 RUNS = [Run(f"{data.name}/{short}", group, data, model, plugin,
-            f"{data.name}/recbole-{'lightgcn' if model == 'LightGCN' else 'bpr'}", dict(MF))
+            f"{data.name}/recbole-{model.lower()}", dict(MF))
         for group, sets in GROUPS.items() for data, runs in sets for short, model, plugin in runs]
 BY_NAME = {r.name: r for r in RUNS}
 

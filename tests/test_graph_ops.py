@@ -4,7 +4,7 @@ test_models.py)."""
 import pytest
 import torch
 
-from recbole_dsl.adapters.graph_ops import SparseOperator, light_propagate
+from recbole_dsl.adapters.graph_ops import OperatorCache, SparseOperator, light_propagate
 
 
 def _random_sparse(n, m, density, seed, symmetric=False, dtype=torch.float64):
@@ -51,7 +51,7 @@ def test_light_propagate_is_the_mean_over_layers_and_keeps_every_layer():
     dense, sparse = _random_sparse(20, 20, 0.2, seed=4, symmetric=True)
     op = SparseOperator(sparse)
     ego = torch.randn(20, 4, dtype=torch.float64)
-    mean, layers = light_propagate(op, ego, n_layers=2, n_propagations=4)
+    mean, layers = light_propagate([op] * 4, ego, n_mean=2)
     ref = [ego]
     for _ in range(4):
         ref.append(dense @ ref[-1])
@@ -59,3 +59,20 @@ def test_light_propagate_is_the_mean_over_layers_and_keeps_every_layer():
     for a, b in zip(layers, ref):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(mean, (ref[0] + ref[1] + ref[2]) / 3)
+    torch.testing.assert_close(light_propagate([op] * 4, ego)[0], sum(ref) / 5)
+
+
+def test_operator_cache_builds_once_per_matrix_and_forgets_dropped_ones():
+    import gc
+
+    cache = OperatorCache()
+    _, a = _random_sparse(10, 10, 0.3, seed=5, symmetric=True)
+    assert cache(a) is cache(a) and len(cache) == 1
+    _, b = _random_sparse(10, 10, 0.3, seed=6, symmetric=True)
+    op_b = cache(b)
+    assert op_b is not cache(a) and len(cache) == 2
+    del b
+    gc.collect()
+    assert len(cache) == 1  # the dropped matrix's operator is not kept for it
+    x = torch.randn(10, 2, dtype=torch.float64)
+    torch.testing.assert_close(cache(a)(x), a.to_dense() @ x)

@@ -261,8 +261,8 @@ def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(net, "forward", counting)
     if isinstance(net.rec_adapter, LightPropagationAdapter):  # the adapter propagates itself (in CSR)
-        propagate = net.rec_adapter.propagate
-        monkeypatch.setattr(net.rec_adapter, "propagate", lambda: calls.append(["graph"]) or propagate())
+        layers = net.rec_adapter.layers
+        monkeypatch.setattr(net.rec_adapter, "layers", lambda *a: calls.append(["graph"]) or layers(*a))
     batch = _one_batch(data).to(net.device)
     net.calculate_loss(batch)
     if isinstance(net.rec_adapter, PairAdapter):  # the B x (1 + N) pairs in one call, no tiling of the batch
@@ -273,12 +273,25 @@ def test_one_forward_pass_per_batch(model, slice_data, tmp_path, monkeypatch):
         assert len(calls) == (3 if model == "SGL" else 1)
 
 
-@pytest.mark.parametrize("model", ["LightGCN", "NCL"])
-def test_adapter_propagation_equals_the_models_forward(model, slice_data, tmp_path):
-    """Same embeddings and the same gradients on the model's tables as RecBole's COO forward."""
-    _, net, _, _ = make(model, "SL", slice_data, tmp_path)
-    ours = net.rec_adapter.propagate()
-    theirs = net.forward()
+def _sgl_views(net, view):
+    """SGL: the adapter's and the model's propagation of one of its graphs."""
+    graph = getattr(net, view)
+    return net.rec_adapter.layers(graph)[:2], net.forward(graph)
+
+
+@pytest.mark.parametrize("model,view", [("LightGCN", None), ("NCL", None), ("SGL", "train_graph"),
+                                        ("SGL", "sub_graph1"), ("SGL-RW", "sub_graph2")])
+def test_adapter_propagation_equals_the_models_forward(model, view, slice_data, tmp_path):
+    """Same embeddings and the same gradients on the model's tables as RecBole's COO forward
+    (SGL: its training graph and its two perturbed views, edge dropout and random walk)."""
+    kw = {"type": "RW"} if model == "SGL-RW" else {}
+    _, net, _, _ = make(model.split("-")[0], "SL", slice_data, tmp_path, **kw)
+    net.train()  # SGL builds its perturbed views here
+    if view is None:
+        ours, theirs = net.rec_adapter.propagate(), net.forward()
+    else:
+        ours, theirs = _sgl_views(net, view)
+        assert not isinstance(getattr(net, view), list) or len(getattr(net, view)) == net.n_layers
     assert len(ours) == len(theirs)
     for a, b in zip(ours[:2], theirs[:2]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

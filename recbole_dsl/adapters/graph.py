@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from logging import getLogger
 from types import MethodType
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from recbole_dsl.adapters.base import ADAPTERS, ego_reg
 from recbole_dsl.adapters.embedding import EmbeddingAdapter
-from recbole_dsl.adapters.graph_ops import SparseOperator, light_propagate
+from recbole_dsl.adapters.graph_ops import OperatorCache, light_propagate
 
 
 class PropagationAdapter(EmbeddingAdapter):
@@ -39,16 +39,26 @@ class LightPropagationAdapter(PropagationAdapter):
 
     def __init__(self, model, dataset, settings):
         super().__init__(model, dataset, settings)
-        self.graph = SparseOperator(getattr(model, self.adjacency))
+        self.operators = OperatorCache()
 
-    def layers(self, n_propagations: int = 0):
+    def ego(self) -> Tensor:
+        return self.model.get_ego_embeddings()
+
+    def layers(self, graph, n_propagations: Optional[int] = None, n_mean: Optional[int] = None):
+        """(users, items, every layer): a graph (as many propagations as the model's n_layers, or
+        n_propagations) or a list of graphs (one per layer, SGL's random walks), over the ego
+        embeddings; the mean runs over the first n_mean + 1 layers (default: all)."""
         m = self.model
-        mean, layers = light_propagate(self.graph, m.get_ego_embeddings(), m.n_layers, n_propagations)
+        if isinstance(graph, (list, tuple)):
+            ops = [self.operators(g) for g in graph]
+        else:
+            ops = [self.operators(graph)] * (m.n_layers if n_propagations is None else n_propagations)
+        mean, layers = light_propagate(ops, self.ego(), n_mean)
         users, items = torch.split(mean, [m.n_users, m.n_items])
         return users, items, layers
 
     def propagate(self):
-        return self.layers()[:2]
+        return self.layers(getattr(self.model, self.adjacency))[:2]
 
 
 @ADAPTERS.register("LightGCN")
@@ -91,19 +101,21 @@ class DGCFAdapter(PropagationAdapter):
 
 
 @ADAPTERS.register("SGL")
-class SGLAdapter(PropagationAdapter):
+class SGLAdapter(LightPropagationAdapter):
     """SGL: propagation on the training graph; its L2 term and its InfoNCE term over the two
     perturbed subgraphs (calc_ssl_loss, with ssl_weight) are kept."""
 
     reduction = "sum"  # SGL's own BPR term is summed over the batch (calc_bpr_loss)
 
-    def propagate(self):
-        return self.model.forward(self.model.train_graph)
+    adjacency = "train_graph"
+
+    def ego(self) -> Tensor:
+        return torch.cat([self.model.user_embedding.weight, self.model.item_embedding.weight])
 
     def aux_losses(self, out, rows, neg_item):
         m = self.model
-        u1, i1 = m.forward(m.sub_graph1)
-        u2, i2 = m.forward(m.sub_graph2)
+        u1, i1 = self.layers(m.sub_graph1)[:2]  # rebuilt by SGL's train() every epoch
+        u2, i2 = self.layers(m.sub_graph2)[:2]
         ssl = m.calc_ssl_loss(rows.user, rows.pos_item, u1, u2, i1, i2)
         return {"reg": ego_reg(m, rows, neg_item), "ssl": ssl}
 
@@ -144,10 +156,9 @@ class NCLAdapter(LightPropagationAdapter):
             # NCLTrainer calls model.e_step() -> model.run_kmeans: the one method to replace.
             model.run_kmeans = MethodType(ncl_run_kmeans_torch, model)
 
-    adjacency = "norm_adj_mat"
-
     def propagate(self):
-        return self.layers(self.model.hyper_layers * 2)
+        m = self.model
+        return self.layers(m.norm_adj_mat, max(m.n_layers, m.hyper_layers * 2), m.n_layers)
 
     def user_item(self, rows):
         users, items, layers = self.propagate()

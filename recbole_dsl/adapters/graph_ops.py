@@ -10,7 +10,8 @@ A^T g, one more CSR product. The matrix is a constant of the model (no gradient 
 from __future__ import annotations
 
 import warnings
-from typing import List, Tuple
+import weakref
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -68,12 +69,35 @@ class SparseOperator:
         return _SpMM.apply(x, self.a, self.a_t)
 
 
-def light_propagate(op: SparseOperator, ego: Tensor, n_layers: int,
-                    n_propagations: int = 0) -> Tuple[Tensor, List[Tensor]]:
-    """LightGCN's propagation: the mean of the ego embeddings and their first ``n_layers``
-    propagations, and the list of every layer, ``max(n_layers, n_propagations)`` propagations
-    (NCL's structure neighbours can reach further than the mean does)."""
+def light_propagate(ops: Sequence[SparseOperator], ego: Tensor,
+                    n_mean: Optional[int] = None) -> Tuple[Tensor, List[Tensor]]:
+    """LightGCN's propagation: layer k is ops[k-1] applied to layer k-1 (layer 0: the ego
+    embeddings); returns the mean of the first ``n_mean + 1`` layers (all of them by default) and
+    the list of every layer (NCL's structure neighbours can reach further than the mean does)."""
     layers = [ego]
-    for _ in range(max(n_layers, n_propagations)):
+    for op in ops:
         layers.append(op(layers[-1]))
-    return torch.stack(layers[: n_layers + 1], dim=1).mean(dim=1), layers
+    n = len(layers) if n_mean is None else n_mean + 1
+    return torch.stack(layers[:n], dim=1).mean(dim=1), layers
+
+
+class OperatorCache:
+    """The SparseOperator of each sparse matrix a model propagates with, built on first use.
+
+    Keyed by the matrix object: SGL replaces its perturbed graphs every epoch, and an entry lives
+    only as long as its matrix does (a weak reference), so old graphs are not kept alive."""
+
+    def __init__(self):
+        self._ops: Dict[int, Tuple[weakref.ref, SparseOperator]] = {}
+
+    def __call__(self, matrix: Tensor) -> SparseOperator:
+        entry = self._ops.get(id(matrix))
+        if entry is not None and entry[0]() is matrix:
+            return entry[1]
+        self._ops = {k: v for k, v in self._ops.items() if v[0]() is not None}
+        op = SparseOperator(matrix)
+        self._ops[id(matrix)] = (weakref.ref(matrix), op)
+        return op
+
+    def __len__(self) -> int:
+        return sum(v[0]() is not None for v in self._ops.values())
