@@ -1,6 +1,6 @@
 """Propagation over a fixed sparse graph, for LightGCN-style models.
 
-RecBole's LightGCN and NCL keep their normalised adjacency as a COO tensor and propagate with
+RecBole's LightGCN, NCL and SGL keep their normalised adjacency as a COO tensor and propagate with
 `torch.sparse.mm`, whose CPU kernels (forward, and the backward through the COO tensor) dominate
 a Gowalla-size training step. `SparseOperator` keeps the same matrix in CSR once, with its
 transpose (the matrix itself when it is symmetric, as D^-1/2 A D^-1/2 of an undirected graph is),
