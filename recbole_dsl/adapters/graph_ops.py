@@ -58,7 +58,6 @@ class SparseOperator:
 
     def __init__(self, matrix: Tensor):
         coo = _coalesced(matrix.detach())
-        self.shape = tuple(coo.shape)
         self.a = _csr(coo)
         self.symmetric = _is_symmetric(coo)
         self.a_t = self.a if self.symmetric else _csr(_transpose(coo))
