@@ -29,6 +29,7 @@ LightGCN stages (an epoch costs 10-15 times MF's on 2 cores, so its rows are not
 
     python benchmarks/bench_papers_gowalla.py              # run what is missing, then print the table
     python benchmarks/bench_papers_gowalla.py --model lightgcn --stages T
+    python benchmarks/bench_papers_gowalla.py --model lightgcn --stages D --rows sl,bsl   # some rows' seeds
     python benchmarks/bench_papers_gowalla.py --report     # the table only
     python benchmarks/bench_papers_gowalla.py --write-configs   # the chosen points into examples/papers/
 """
@@ -249,9 +250,14 @@ def main(argv=None):
     p.add_argument("--write-configs", action="store_true")
     p.add_argument("--model", choices=sorted(SUITES), default="mf")
     p.add_argument("--stages", default=None, help="default: ABCDEF (mf), TD (lightgcn)")
+    p.add_argument("--rows", default=None,
+                   help="comma-separated rows to run, in this order (default: every row); the report shows all")
     p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla")
     args = p.parse_args(argv)
     suite = SUITES[args.model]
+    rows = args.rows.split(",") if args.rows else None
+    if rows and set(rows) - set(suite.rows):
+        p.error(f"--rows: unknown {sorted(set(rows) - set(suite.rows))}; known: {', '.join(suite.rows)}")
     if args.write_configs:
         write_configs(suite=suite)
         return
@@ -263,6 +269,8 @@ def main(argv=None):
             recs = load(suite)
             done = {(r["row"], _key(r["point"]), r["seed"]) for r in recs}
             todo = [j for j in stage_jobs(stage, recs, suite, load(MF)) if (j[0], _key(j[1]), j[2]) not in done]
+            if rows:
+                todo = sorted((j for j in todo if j[0] in rows), key=lambda j: rows.index(j[0]))
             print(f"stage {stage}: {len(todo)} runs", flush=True)
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(lambda j: run(j, args, meta, suite), todo))
