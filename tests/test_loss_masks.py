@@ -130,6 +130,22 @@ def test_masked_equals_compressed_batch(name, dtype):
     torch.testing.assert_close(gn, rn, **TOL[dtype])
 
 
+@pytest.mark.parametrize("intensity", ["sigmoid", "lse", "margin"])
+def test_dsl_whole_slate_masked_equals_compressed_batch(intensity):
+    """The temperature branch's slate = every valid negative (dsl_slate_size None), each intensity."""
+    loss = make_loss("DSL", slate_size=None, max_weight=None, intensity=intensity)
+    pos, neg, sim, log_q, user, mask, out, gp, gn = masked_run(loss, torch.float64, constant_mask)
+    B = neg.shape[0]
+    pos_r = pos.detach().clone().requires_grad_(True)
+    neg_r = neg.detach().clone().requires_grad_(True)
+    ref = loss(pos_r, neg_r[mask].view(B, -1), ctx_of(loss, user, sim[mask].view(B, -1)))
+    rp, rn = torch.autograd.grad(ref, (pos_r, neg_r))
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    torch.testing.assert_close(gp, rp, **TOL[torch.float64])
+    torch.testing.assert_close(gn, rn, **TOL[torch.float64])
+    assert neg.grad is None and torch.isfinite(out)
+
+
 @pytest.mark.parametrize("name", LOSSES.names())
 def test_masked_values_do_not_matter(name):
     loss = make_loss(name)
