@@ -5,8 +5,8 @@ Composed from torch ops, SL's ``logsumexp(masked_fill(neg / tau - log_q))`` make
 passes over the [B, N] block forward and backward (divide, mask, max, shift, exp, sum, and the
 backward's shift, exp, multiply, divide, mask) and allocates a fresh block for most of them. At
 B = 2048 and N = 1000 a pass is 8 MB, so on CPU the loss cost as much as the scores. This
-function makes five passes in one reused block (four when log-weights are added): mask (and scale, and shift) into a new block, max,
-exp in place, sum, and in backward one multiply.
+function makes five passes in one reused block: mask (and scale, and shift) into a new block, max,
+exp in place, sum, and in backward one multiply (log-weights are added in the first pass).
 """
 from __future__ import annotations
 
