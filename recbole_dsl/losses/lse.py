@@ -6,7 +6,7 @@ passes over the [B, N] block forward and backward (divide, mask, max, shift, exp
 backward's shift, exp, multiply, divide, mask) and allocates a fresh block for most of them. At
 B = 2048 and N = 1000 a pass is 8 MB, so on CPU the loss cost as much as the scores. This
 function makes five passes in one reused block: mask (and scale, and shift) into a new block, max,
-exp in place, sum, and in backward one multiply (log-weights are added in the first pass).
+exp in place, sum, and in backward one multiply.
 """
 from __future__ import annotations
 
@@ -23,13 +23,9 @@ class _ScaledLSE(torch.autograd.Function):
         # Masked entries first, then the scale in place: torch.where is one pass, where an in-place
         # masked_fill_ of the scaled block costs about twice a pass (2.2 ms at 2048 x 1000 on CPU).
         # Scales are positive, so masked entries stay -inf; valid ones are x * scale exactly.
-        if mask is None and offset is not None and offset_scale == -1.0:
-            # log-weights added: offset + x * scale in one pass over one fresh block
-            z = torch.addcmul(offset, x, scale) if isinstance(scale, Tensor) else torch.add(offset, x, alpha=scale)
-        else:
-            z = x * scale if mask is None else torch.where(mask, x, float("-inf")).mul_(scale)
-            if offset is not None:
-                z.sub_(offset, alpha=offset_scale)
+        z = x * scale if mask is None else torch.where(mask, x, float("-inf")).mul_(scale)
+        if offset is not None:
+            z.sub_(offset, alpha=offset_scale)
         m = z.amax(dim=1, keepdim=True)
         # Rows with no valid entry (max -inf) are shifted by 0, so their exp is 0, not NaN.
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
