@@ -11,7 +11,7 @@ from recbole_dsl.protocols.settings import NOISE_ATTR, ProtocolSettings, Trainin
 from recbole_dsl.samplers import (
     SAMPLERS, FalseNegativeSampler, NegativeBatch, PositiveSet, build_sampler, is_shared, sampler_for_run,
 )
-from recbole_dsl.samplers.base import FIRST_ITEM
+from recbole_dsl.samplers.base import FIRST_ITEM, SharedItems
 from recbole_dsl.samplers.popularity import alias_table
 from recbole_dsl.scoring import batch_scores
 from recbole_dsl.settings import PluginSettings
@@ -55,6 +55,22 @@ def test_positive_set_shared_membership_and_pairs(positive_set):
     got = torch.zeros(user.shape[0], mask.shape[1], dtype=torch.bool)
     got[row, item] = True
     assert torch.equal(got, mask[user]) and row.numel() == int(mask[user].sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shared_items_positions_match_a_loop(seed):
+    # every (row, item) pair is found at every position its item holds among the N (repeats
+    # included), pairs whose item is not among them give nothing, and nothing else is returned
+    g = torch.Generator().manual_seed(seed)
+    n_items = 30
+    items = torch.randint(0, n_items, (25,), generator=g)
+    row = torch.randint(0, 7, (40,), generator=g)
+    item = torch.randint(0, n_items, (40,), generator=g)
+    got = set(zip(*(t.tolist() for t in SharedItems(items, n_items).positions(row, item))))
+    want = {(r, j) for r, i in zip(row.tolist(), item.tolist()) for j, v in enumerate(items.tolist()) if v == i}
+    assert got == want
+    empty = SharedItems(items, n_items).positions(row[:0], item[:0])
+    assert empty[0].numel() == 0 and empty[1].numel() == 0
 
 
 def test_pairs_of_users_without_positives(monkeypatch):

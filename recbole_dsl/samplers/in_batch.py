@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from recbole_dsl.samplers.base import (SAMPLERS, NegativeBatch, NegativeSampler, PositiveSet, check_cross_rank,
-                                      gather_ranks, positions_among)
+                                      gather_ranks, SharedItems)
 
 
 @SAMPLERS.register("in_batch")
@@ -69,8 +69,9 @@ class InBatchSampler(NegativeSampler):
         # A row's positive sits among the n items about once (more for a popular item): set those
         # entries from their positions rather than by B x n comparisons (about half the time at
         # B = n = 2048).
+        index = SharedItems(shared, self.n_items)
         mask = torch.ones(b, n, dtype=torch.bool, device=shared.device)
-        mask[positions_among(shared, torch.arange(b, device=pos_item.device), pos_item)] = False
+        mask[index.positions(torch.arange(b, device=pos_item.device), pos_item)] = False
         if self.positives is not None:
-            mask[self.positives.cols_of(user, shared)] = False
+            mask[self.positives.cols_of(user, index)] = False
         return NegativeBatch(items, self._log_p[shared].unsqueeze(0).expand(b, n), mask)

@@ -6,7 +6,7 @@ from torch import Tensor
 import torch
 
 from recbole_dsl.samplers.base import (SAMPLERS, NegativeBatch, UniformSampler, check_cross_rank, gather_ranks,
-                                      positions_among)
+                                      SharedItems)
 
 
 @SAMPLERS.register("shared")
@@ -53,8 +53,9 @@ class SharedSampler(UniformSampler):
             items = gather_ranks(items)
         # Few entries are masked (the rows' own positives and, with exclusion, their training
         # positives among the N): set those from their positions, not by B x N comparisons.
+        index = SharedItems(items, self.n_items)
         mask = torch.ones(user.shape[0], items.shape[0], dtype=torch.bool, device=items.device)
-        mask[positions_among(items, torch.arange(user.shape[0], device=user.device), pos_item)] = False
+        mask[index.positions(torch.arange(user.shape[0], device=user.device), pos_item)] = False
         if self.positives is not None:
-            mask[self.positives.cols_of(user, items)] = False
+            mask[self.positives.cols_of(user, index)] = False
         return NegativeBatch(items.unsqueeze(0).expand(user.shape[0], -1), None, mask)
