@@ -41,23 +41,26 @@ BASE = {
 }
 
 PAPER_BSL = {"bsl_form": "paper", "bsl_group_positives": True, "loss_tau": 0.1, "loss_tau_pos": 0.1}
+# DSL pinned to both branches (the defaults these runs were recorded with, gamma 0.5), so they keep
+# covering the temperature branch whatever the shipped default is
+BOTH = {"dsl_gamma": 0.5}
 
 # name -> (model, extra keys)
 RUNS = {
     # BSL pinned to the form these runs were recorded with (the paper's equation, pooled positives),
     # whatever the shipped defaults are
-    **{f"{m}-{loss}": (m, {"rec_loss": loss, **(PAPER_BSL if loss == "BSL" else {})})
+    **{f"{m}-{loss}": (m, {"rec_loss": loss, **(PAPER_BSL if loss == "BSL" else BOTH if loss == "DSL" else {})})
        for m in ("BPR", "LightGCN") for loss in ("SL", "BSL", "PSL", "DSL", "BPR")},
     "MultiVAE-SL": ("MultiVAE", {"rec_loss": "SL"}),
     "NeuMF-SL": ("NeuMF", {"rec_loss": "SL", "neg_num": 8}),
     # score paths and samplers
     "BPR-SL-gather": ("BPR", {"rec_loss": "SL", "score_path": "gather"}),
-    "BPR-DSL-gather": ("BPR", {"rec_loss": "DSL", "score_path": "gather", "dsl_slate_size": 8}),
+    "BPR-DSL-gather": ("BPR", {"rec_loss": "DSL", "score_path": "gather", "dsl_slate_size": 8, **BOTH}),
     "BPR-SL-shared": ("BPR", {"rec_loss": "SL", "neg_sampler": "shared", "neg_num": 256}),
-    "BPR-DSL-in_batch": ("BPR", {"rec_loss": "DSL", "neg_sampler": "in_batch"}),
+    "BPR-DSL-in_batch": ("BPR", {"rec_loss": "DSL", "neg_sampler": "in_batch", **BOTH}),
     "BPR-SL-popularity-logq": ("BPR", {"rec_loss": "SL", "neg_sampler": "popularity", "sl_log_q_correction": True}),
     "BPR-BSL-user": ("BPR", {**PAPER_BSL, "rec_loss": "BSL", "train_batch_mode": "user", "loss_tau_pos": 0.2}),
-    "MultiVAE-DSL": ("MultiVAE", {"rec_loss": "DSL"}),
+    "MultiVAE-DSL": ("MultiVAE", {"rec_loss": "DSL", **BOTH}),
 }
 
 

@@ -499,7 +499,19 @@ def test_slate_size_is_checked_against_neg_num():
     DSLLoss.check(dict(base, slate_size=None), neg_num=1)
     pos, neg, sim = _data(n=5, seed=18)
     with pytest.raises(ConfigError):  # at run time too, for a loss built from Python
-        DSLLoss(slate_size=10)(pos, neg, LossContext(neg_affinity=mix_affinity(sim, neg, 0.5)))
+        DSLLoss(slate_size=10, gamma=0.5)(pos, neg, LossContext(neg_affinity=mix_affinity(sim, neg, 0.5)))
+
+
+def test_slate_keys_without_the_temperature_branch_are_reported(caplog):
+    # gamma 0 is the shipped default: a slate key set on its own would do nothing, so it is named
+    with caplog.at_level("WARNING", logger="recbole_dsl.losses.dsl"):
+        DSLLoss()
+        DSLLoss(slate_size=10, gamma=0.5)
+        assert not caplog.records
+        DSLLoss(slate_size=10, intensity="lse")
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert "dsl_slate_size=10" in msg and "dsl_intensity='lse'" in msg and "dsl_gamma=0.0" in msg
 
 
 def test_accepts_boundary_values():

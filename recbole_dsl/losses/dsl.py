@@ -41,6 +41,7 @@ noticeable on CPU (about 150 ms for B = 2048, N = 1000 on one core), which is wh
 from __future__ import annotations
 
 import math
+from logging import getLogger
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -441,7 +442,7 @@ class DSLLoss(RecLoss):
         kappa: float = 2.0,
         alpha: float = 0.5,
         slate_size: Optional[int] = None,
-        gamma: float = 0.5,
+        gamma: float = 0.0,
         tau_range: float = 3.0,
         max_weight: Optional[float] = None,
         reweight: bool = True,
@@ -471,6 +472,16 @@ class DSLLoss(RecLoss):
         self.eff_gamma = self.gamma if self.temperature else 0.0
         uses_similarity = self.eff_kappa != 0 and self.alpha < 1
         from_catalogue = self.slate_source == "catalogue" and self.eff_gamma != 0
+        inert = [f"{key}={val!r}" for key, val, default in (("dsl_slate_size", self.slate_size, None),
+                                                            ("dsl_slate_source", self.slate_source, "negatives"),
+                                                            ("dsl_intensity", self.intensity, "sigmoid"))
+                 if val != default]
+        if inert and self.eff_gamma == 0:
+            # gamma 0 is the shipped default: a slate key set without it would otherwise do nothing, silently
+            getLogger(__name__).warning(
+                "DSL: the competition-aware temperature is off (dsl_gamma=%s, dsl_temperature=%s), so these keys "
+                "have no effect: %s; a non-zero dsl_gamma (0.5 was the ml-100k search's point) turns it on",
+                self.gamma, self.temperature, ", ".join(inert))
         self.needs = ScoreNeeds(affinity_alpha=self.alpha if uses_similarity else None,
                                 catalogue_slate=self.slate_size if from_catalogue else None)
         self._last_log_tau_b: Optional[Tensor] = None
