@@ -118,7 +118,8 @@ def test_cosine_training_scores_cosine_in_evaluation(ml100k, tmp_path):
 @pytest.mark.parametrize("score_fn,path", [("cosine", "gather"), ("dot", "full")])
 def test_dsl_diagnostics_are_logged_per_epoch(score_fn, path, ml100k, tmp_path, caplog):
     train, valid, test = ml100k
-    config, net, trainer = make("BPR", "DSL", tmp_path, score_fn=score_fn, score_path=path, dsl_slate_size=8)
+    config, net, trainer = make("BPR", "DSL", tmp_path, score_fn=score_fn, score_path=path, dsl_slate_size=8,
+                                 dsl_gamma=0.5)  # the temperature branch is off by default
     assert net.rec_loss_fn.needs.affinity_alpha is not None
     with caplog.at_level("INFO"):
         trainer._train_epoch(train, 0)
