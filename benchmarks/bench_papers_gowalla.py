@@ -21,14 +21,18 @@ MF stages, each needing the one before:
      threshold (dsl_fn_threshold 0.5), and DSL with the temperature branch on and its slate the
      catalogue's 100 highest-scoring non-positive items (dsl_slate_source catalogue)
 
-LightGCN stages (an epoch costs 10-15 times MF's on 2 cores, so its rows are not tuned here):
+LightGCN stages (an epoch costs 10-20 times MF's on 2 cores, so its grid is one step either side):
   T  every row at MF's chosen point, seed 2020 (BPR: the plugin's BPR loss with one uniform
      negative, the positives rejected, as RecBole's LightGCN trains, through the plugin's faster
      propagation)
-  D  as for MF
+  G  each softmax row's own dimension one grid step either side of MF's point, seed 2020, in the
+     order SL, BSL, DSL, PSL tanh (SL tau and DSL tau {0.05, 0.2}, BSL t2 {1.1, 1.3}, PSL tau
+     {0.025, 0.1}); lr stays MF's 1e-3
+  D  as for MF (each row's best point over T and G)
 
     python benchmarks/bench_papers_gowalla.py              # run what is missing, then print the table
     python benchmarks/bench_papers_gowalla.py --model lightgcn --stages T
+    python benchmarks/bench_papers_gowalla.py --model lightgcn --stages G --rows sl,bsl   # some rows' grids
     python benchmarks/bench_papers_gowalla.py --model lightgcn --stages D --rows sl,bsl   # some rows' seeds
     python benchmarks/bench_papers_gowalla.py --report     # the table only
     python benchmarks/bench_papers_gowalla.py --write-configs   # the chosen points into examples/papers/
@@ -100,7 +104,10 @@ class Suite:
 MF = Suite("mf", "BPR", ROWS, RESULTS, "ABCDEF")
 # 9 epochs (3 evaluations) instead of 15: a LightGCN epoch is ~80-110 s on 2 cores.
 LIGHTGCN = Suite("lightgcn", "LightGCN", LIGHTGCN_ROWS, ROOT / "benchmarks" / "results" / "papers_gowalla_lightgcn.jsonl",
-                 "TD", (("epochs", 9),))
+                 "TGD", (("epochs", 9),))
+# Stage G: (row, key, values) around MF's point, in the order they run.
+LIGHTGCN_GRID = (("sl", "loss_tau", (0.05, 0.2)), ("bsl", "bsl_t2", (1.1, 1.3)),
+                 ("dsl", "loss_tau", (0.05, 0.2)), ("psl-tanh", "loss_tau", (0.025, 0.1)))
 # Stage T's order: the rows the papers' claims are about first, PSL's other two activations last
 # (on MF they stayed within 0.0002 of tanh).
 LAST = ("psl-atan", "psl-relu")
@@ -128,6 +135,13 @@ def stage_jobs(stage, recs, suite: Suite = MF, mf_recs=None):
     if stage == "T":
         rows = sorted(suite.rows, key=lambda r: r in LAST)
         return [(row, best_point(mf_recs, row), TUNE_SEED) for row in rows if best_point(mf_recs, row)]
+    if stage == "G":
+        jobs = []
+        for row, key, values in LIGHTGCN_GRID:
+            mf = best_point(mf_recs, row)
+            if mf:
+                jobs += [(row, {**mf, key: v}, TUNE_SEED) for v in values]
+        return jobs
     if stage == "D":
         return [(row, best_point(recs, row), s) for row in suite.rows if best_point(recs, row) for s in SEEDS]
     if stage == "A":
@@ -178,13 +192,15 @@ def write_configs(recs=None, suite: Suite = MF):
     mf_recs = load(MF) if suite is LIGHTGCN else recs
     title_model = "MF" if suite is MF else suite.model
     for row, (title, fixed) in suite.rows.items():
-        point = best_point(mf_recs, row)
+        point = best_point(recs, row) or best_point(mf_recs, row)
+        own_grid = suite is LIGHTGCN and any(r["row"] == row and r["point"] != best_point(mf_recs, row) for r in recs)
         lines = [f"# Gowalla, {title_model}: {title}. Run from the repository root:",
                  f"#   python run_recbole_dsl.py --config_files examples/papers/gowalla-{suite.name}-{row}.yaml",
                  "# Written by benchmarks/bench_papers_gowalla.py --write-configs (BENCHMARKS.md, \"The papers' rows",
                  "# on Gowalla\"): the budget shared by every row, then this row's point chosen on validation NDCG@20."]
         if suite is LIGHTGCN:
-            lines.append("# The point is MF's (stage T): the LightGCN rows are not tuned.")
+            lines.append("# Chosen among MF's point and one grid step either side of it on LightGCN (stage G)."
+                         if own_grid else "# The point is MF's (stage T): this LightGCN row is not tuned.")
         if point is None:
             lines.append("# Not tuned yet: the row's defaults.")
         else:
@@ -208,7 +224,7 @@ def _yaml(v) -> str:
 
 
 def report(recs, suite: Suite = MF) -> str:
-    point_title = "chosen point (seed 2020)" if suite is MF else "point (MF's chosen one)"
+    point_title = "chosen point (seed 2020)" if suite is MF else "point (best at seed 2020 of MF's and stage G's)"
     lines = [f"| row | {point_title} | valid NDCG@20 by seed (2020, 2021, 2022) | mean | vs BPR | vs SL | s / epoch |",
              "|---|---|---|---|---|---|---|"]
     means = {}
@@ -249,7 +265,7 @@ def main(argv=None):
     p.add_argument("--report", action="store_true")
     p.add_argument("--write-configs", action="store_true")
     p.add_argument("--model", choices=sorted(SUITES), default="mf")
-    p.add_argument("--stages", default=None, help="default: ABCDEF (mf), TD (lightgcn)")
+    p.add_argument("--stages", default=None, help="default: ABCDEF (mf), TGD (lightgcn)")
     p.add_argument("--rows", default=None,
                    help="comma-separated rows to run, in this order (default: every row); the report shows all")
     p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla")
