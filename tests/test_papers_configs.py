@@ -65,6 +65,21 @@ def test_lightgcn_rows_run_at_mf_s_chosen_points():
     assert bench.stage_jobs("D", lgcn, bench.LIGHTGCN) == [("sl", {"loss_tau": 0.1}, s) for s in bench.SEEDS]
 
 
+def test_lightgcn_grid_steps_around_mf_s_point_and_seeds_follow_its_best():
+    def rec(row, point, ndcg):
+        return {"row": row, "point": point, "seed": bench.TUNE_SEED, "best_valid": {"ndcg@20": ndcg}}
+
+    mf = [rec("sl", {"learning_rate": 1e-3, "loss_tau": 0.1}, 0.11),
+          rec("bsl", {"learning_rate": 1e-3, "bsl_t1": 0.1, "bsl_t2": 1.2}, 0.12)]
+    jobs = bench.stage_jobs("G", [], bench.LIGHTGCN, mf)
+    assert jobs == [("sl", {"learning_rate": 1e-3, "loss_tau": t}, bench.TUNE_SEED) for t in (0.05, 0.2)] + [
+        ("bsl", {"learning_rate": 1e-3, "bsl_t1": 0.1, "bsl_t2": t2}, bench.TUNE_SEED) for t2 in (1.1, 1.3)]
+    lgcn = [rec("sl", {"learning_rate": 1e-3, "loss_tau": 0.1}, 0.11),
+            rec("sl", {"learning_rate": 1e-3, "loss_tau": 0.2}, 0.12)]  # a grid point beats MF's on LightGCN
+    assert [p for r, p, _ in bench.stage_jobs("D", lgcn, bench.LIGHTGCN) if r == "sl"] == [
+        {"learning_rate": 1e-3, "loss_tau": 0.2}] * len(bench.SEEDS)
+
+
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "-lightgcn-" in p.name], ids=lambda p: p.stem)
 def test_lightgcn_configs_train_lightgcn_without_row_sparse_updates(path):
     cfg = yaml.safe_load(path.read_text())
