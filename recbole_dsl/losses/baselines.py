@@ -33,45 +33,38 @@ def bce_loss(pos: Tensor, neg: Tensor, tau: float = 1.0, neg_mask: Optional[Tens
     return zero_empty_rows(F.softplus(-pos / tau) + masked_mean(F.softplus(neg / tau), mask, dim=1), rows)
 
 
+class _ScaledBaseline(RecLoss):
+    """A baseline whose one setting is the score scale ``1 / tau``; subclasses name the function."""
+
+    params = {"tau": "loss_tau"}
+    fn = None  # (pos, neg, tau, neg_mask) -> [B]
+
+    def __init__(self, tau: float = 1.0):
+        super().__init__()
+        self.tau = self.check(dict(tau=tau))["tau"]
+
+    @classmethod
+    def check(cls, kwargs, neg_num=None):
+        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]))
+
+    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
+        return type(self).fn(pos, neg, self.tau, ctx.neg_mask)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"
+
+
 @LOSSES.register("BPR")
-class BPRLoss(RecLoss):
+class BPRLoss(_ScaledBaseline):
     """BPR averaged over the sampled negatives (see `bpr_loss`)."""
 
     name = "BPR"
-    params = {"tau": "loss_tau"}
-
-    def __init__(self, tau: float = 1.0):
-        super().__init__()
-        self.tau = self.check(dict(tau=tau))["tau"]
-
-    @classmethod
-    def check(cls, kwargs, neg_num=None):
-        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]))
-
-    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        return bpr_loss(pos, neg, self.tau, ctx.neg_mask)
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+    fn = staticmethod(bpr_loss)
 
 
 @LOSSES.register("BCE")
-class BCELoss(RecLoss):
+class BCELoss(_ScaledBaseline):
     """Pointwise BCE (see `bce_loss`)."""
 
     name = "BCE"
-    params = {"tau": "loss_tau"}
-
-    def __init__(self, tau: float = 1.0):
-        super().__init__()
-        self.tau = self.check(dict(tau=tau))["tau"]
-
-    @classmethod
-    def check(cls, kwargs, neg_num=None):
-        return dict(kwargs, tau=check_positive("loss_tau", kwargs["tau"]))
-
-    def compute(self, pos: Tensor, neg: Tensor, ctx: LossContext) -> Tensor:
-        return bce_loss(pos, neg, self.tau, ctx.neg_mask)
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}"
+    fn = staticmethod(bce_loss)
