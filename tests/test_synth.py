@@ -95,3 +95,19 @@ def test_bench_scale_smoke_group(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("skipped") == 2
     assert len(results.read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_bench_scale_projects_an_epoch_with_its_start_up_once(tmp_path):
+    results = tmp_path / "scale.jsonl"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--only", "synth-smoke/sl-u16", "--epochs", "2",
+           "--max-batches", "4", "--threads", "1", "--results", str(results), "--synth-dir", str(tmp_path / "synth")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (rec,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert "error" not in rec, rec
+    assert rec["projected_from_batches"] == 4 and rec["batches_per_epoch"] == 10
+    assert len(rec["startup_s"]) == len(rec["s_per_epoch"]) == 2
+    for startup, epoch in zip(rec["startup_s"], rec["s_per_epoch"]):
+        # the start-up is counted once; the rest is 4 batches' time scaled by 10 / 4
+        assert 0 < startup < epoch
