@@ -27,7 +27,7 @@ LightGCN stages (an epoch costs 10-20 times MF's on 2 cores, so its grid is one 
      propagation)
   G  each softmax row's own dimension one grid step either side of MF's point, seed 2020, in the
      order SL, BSL, DSL, PSL tanh (SL tau and DSL tau {0.05, 0.2}, BSL t2 {1.1, 1.3}, PSL tau
-     {0.025, 0.1}); lr stays MF's 1e-3
+     {0.025, 0.1}), then one step further where a row's best lies at an edge; lr stays MF's 1e-3
   D  as for MF (each row's best point over T and G)
 
     python benchmarks/bench_papers_gowalla.py              # run what is missing, then print the table
@@ -105,9 +105,10 @@ MF = Suite("mf", "BPR", ROWS, RESULTS, "ABCDEF")
 # 9 epochs (3 evaluations) instead of 15: a LightGCN epoch is ~80-110 s on 2 cores.
 LIGHTGCN = Suite("lightgcn", "LightGCN", LIGHTGCN_ROWS, ROOT / "benchmarks" / "results" / "papers_gowalla_lightgcn.jsonl",
                  "TGD", (("epochs", 9),))
-# Stage G: (row, key, values) around MF's point, in the order they run.
-LIGHTGCN_GRID = (("sl", "loss_tau", (0.05, 0.2)), ("bsl", "bsl_t2", (1.1, 1.3)),
-                 ("dsl", "loss_tau", (0.05, 0.2)), ("psl-tanh", "loss_tau", (0.025, 0.1)))
+# Stage G: (row, key, values around MF's point, (one step below them, one step above)), in the
+# order they run. Once a row's values have run, a best at an edge adds that edge's next step.
+LIGHTGCN_GRID = (("sl", "loss_tau", (0.05, 0.2), (0.025, 0.3)), ("bsl", "bsl_t2", (1.1, 1.3), (1.0, 1.4)),
+                 ("dsl", "loss_tau", (0.05, 0.2), (0.025, 0.3)), ("psl-tanh", "loss_tau", (0.025, 0.1), (0.0125, 0.15)))
 # Stage T's order: the rows the papers' claims are about first, PSL's other two activations last
 # (on MF they stayed within 0.0002 of tanh).
 LAST = ("psl-atan", "psl-relu")
@@ -137,10 +138,18 @@ def stage_jobs(stage, recs, suite: Suite = MF, mf_recs=None):
         return [(row, best_point(mf_recs, row), TUNE_SEED) for row in rows if best_point(mf_recs, row)]
     if stage == "G":
         jobs = []
-        for row, key, values in LIGHTGCN_GRID:
+        for row, key, values, (below, above) in LIGHTGCN_GRID:
             mf = best_point(mf_recs, row)
-            if mf:
-                jobs += [(row, {**mf, key: v}, TUNE_SEED) for v in values]
+            if not mf:
+                continue
+            points = [{**mf, key: v} for v in values]
+            jobs += [(row, p, TUNE_SEED) for p in points]
+            ran = {_key(r["point"]) for r in recs if r["row"] == row and r["seed"] == TUNE_SEED}
+            if {_key(p) for p in points + [mf]} <= ran:
+                best = best_point(recs, row)[key]
+                edge = below if best == min(values + (mf[key],)) else above if best == max(values + (mf[key],)) else None
+                if edge is not None:
+                    jobs.append((row, {**mf, key: edge}, TUNE_SEED))
         return jobs
     if stage == "D":
         return [(row, best_point(recs, row), s) for row in suite.rows if best_point(recs, row) for s in SEEDS]
@@ -290,6 +299,14 @@ def main(argv=None):
             print(f"stage {stage}: {len(todo)} runs", flush=True)
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(lambda j: run(j, args, meta, suite), todo))
+            if stage == "G":  # the edges' next steps, now that the grid's results are in
+                recs = load(suite)
+                done = {(r["row"], _key(r["point"]), r["seed"]) for r in recs}
+                more = [j for j in stage_jobs(stage, recs, suite, load(MF)) if (j[0], _key(j[1]), j[2]) not in done
+                        and (not rows or j[0] in rows)]
+                print(f"stage G, the edges' next steps: {len(more)} runs", flush=True)
+                with ThreadPoolExecutor(args.parallel) as pool:
+                    list(pool.map(lambda j: run(j, args, meta, suite), more))
     print(report(load(suite), suite))
 
 

@@ -76,6 +76,10 @@ def test_lightgcn_grid_steps_around_mf_s_point_and_seeds_follow_its_best():
         ("bsl", {"learning_rate": 1e-3, "bsl_t1": 0.1, "bsl_t2": t2}, bench.TUNE_SEED) for t2 in (1.1, 1.3)]
     lgcn = [rec("sl", {"learning_rate": 1e-3, "loss_tau": 0.1}, 0.11),
             rec("sl", {"learning_rate": 1e-3, "loss_tau": 0.2}, 0.12)]  # a grid point beats MF's on LightGCN
+    assert bench.stage_jobs("G", lgcn, bench.LIGHTGCN, mf)[:2] == jobs[:2]  # the grid still incomplete: no edge
+    lgcn.append(rec("sl", {"learning_rate": 1e-3, "loss_tau": 0.05}, 0.10))
+    assert [p for r, p, _ in bench.stage_jobs("G", lgcn, bench.LIGHTGCN, mf) if r == "sl"][2:] == [
+        {"learning_rate": 1e-3, "loss_tau": 0.3}]  # best at the upper edge: one step further
     assert [p for r, p, _ in bench.stage_jobs("D", lgcn, bench.LIGHTGCN) if r == "sl"] == [
         {"learning_rate": 1e-3, "loss_tau": 0.2}] * len(bench.SEEDS)
 
