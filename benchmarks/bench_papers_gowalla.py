@@ -290,23 +290,20 @@ def main(argv=None):
         if not all((CONFIGS / f"gowalla-{suite.name}-{row}.yaml").exists() for row in suite.rows):
             write_configs([] if suite is MF else None, suite=suite)
         meta = header("python benchmarks/bench_papers_gowalla.py " + " ".join(argv or sys.argv[1:]))
-        for stage in args.stages or suite.stages:
+
+        def pending(stage):
             recs = load(suite)
             done = {(r["row"], _key(r["point"]), r["seed"]) for r in recs}
             todo = [j for j in stage_jobs(stage, recs, suite, load(MF)) if (j[0], _key(j[1]), j[2]) not in done]
-            if rows:
-                todo = sorted((j for j in todo if j[0] in rows), key=lambda j: rows.index(j[0]))
-            print(f"stage {stage}: {len(todo)} runs", flush=True)
-            with ThreadPoolExecutor(args.parallel) as pool:
-                list(pool.map(lambda j: run(j, args, meta, suite), todo))
-            if stage == "G":  # the edges' next steps, now that the grid's results are in
-                recs = load(suite)
-                done = {(r["row"], _key(r["point"]), r["seed"]) for r in recs}
-                more = [j for j in stage_jobs(stage, recs, suite, load(MF)) if (j[0], _key(j[1]), j[2]) not in done
-                        and (not rows or j[0] in rows)]
-                print(f"stage G, the edges' next steps: {len(more)} runs", flush=True)
+            return sorted((j for j in todo if j[0] in rows), key=lambda j: rows.index(j[0])) if rows else todo
+
+        for stage in args.stages or suite.stages:
+            # G twice: its edges' next steps are known once the grid's results are in
+            for label in [stage] + (["G, the edges' next steps"] if stage == "G" else []):
+                todo = pending(stage)
+                print(f"stage {label}: {len(todo)} runs", flush=True)
                 with ThreadPoolExecutor(args.parallel) as pool:
-                    list(pool.map(lambda j: run(j, args, meta, suite), more))
+                    list(pool.map(lambda j: run(j, args, meta, suite), todo))
     print(report(load(suite), suite))
 
 
