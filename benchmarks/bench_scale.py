@@ -168,7 +168,7 @@ class Limited:
     """The first ``k`` batches of a training loader (every other attribute is the loader's), with
     the time its first batch was handed out (``first_at``): what comes before it is the epoch's
     start-up, paid once an epoch (RecBole's loader draws a permutation of every training row and
-    turns it into a Python list: about 1-2 s at 10M rows), not once a batch."""
+    turns it into a Python list: 0.5-0.7 s at 9.8M rows idle, up to 2.4 s under load), not once a batch."""
 
     def __init__(self, loader, k: int):
         self._loader, self._k = loader, k
