@@ -14,6 +14,8 @@ MF stages, each needing the one before:
   A  lr in {1e-3, 1e-2, 1e-1} for RecBole's BPR and for SL at tau 0.1 (the lr of every softmax row)
   B  SL tau {0.05, 0.2}; PSL (tanh, atan, relu) tau {0.025, 0.05, 0.1} (halved convention); DSL tau {0.05, 0.1, 0.2}
   C  BSL official per row, t1 = SL's best tau, t2 {1.1, 1.2, 1.3}; DSL reweighting only at its best tau
+  L  lr in {1e-2, 1e-1} for BSL, PSL x3 and DSL at their best point (A gave SL's lr to every row; this
+     gives each row the lr grid SL and BPR had)
   D  each row's best point (seed 2020) with seeds 2021 and 2022
   E  beside the table, outside the tuning budget: DSL at its chosen tau with the temperature branch
      on and the lse or margin intensity, or the temperature map reversed (dsl_gamma -0.5)
@@ -101,7 +103,7 @@ class Suite:
     budget: tuple = ()  # (key, value) pairs over COMMON
 
 
-MF = Suite("mf", "BPR", ROWS, RESULTS, "ABCDEF")
+MF = Suite("mf", "BPR", ROWS, RESULTS, "ABCLDEF")
 # 9 epochs (3 evaluations) instead of 15: a LightGCN epoch is ~80-110 s on 2 cores.
 LIGHTGCN = Suite("lightgcn", "LightGCN", LIGHTGCN_ROWS, ROOT / "benchmarks" / "results" / "papers_gowalla_lightgcn.jsonl",
                  "TGD", (("epochs", 9),))
@@ -167,6 +169,10 @@ def stage_jobs(stage, recs, suite: Suite = MF, mf_recs=None):
         dsl_tau = best_point(recs, "dsl")["loss_tau"]
         return ([("bsl", {"learning_rate": lr, "bsl_t1": sl_tau, "bsl_t2": t2}, TUNE_SEED) for t2 in (1.1, 1.2, 1.3)]
                 + [("dsl", {"learning_rate": lr, "loss_tau": dsl_tau, "dsl_temperature": False}, TUNE_SEED)])
+    if stage == "L":
+        rows = [r for r in suite.rows if r not in ("bpr", "sl")]
+        return [(row, {**best_point(recs, row), "learning_rate": other}, TUNE_SEED)
+                for row in rows if best_point(recs, row) for other in LRS if other != lr]
     if stage == "F":
         best = best_point(recs, "dsl")
         return [("dsl", {**best, **v}, TUNE_SEED) for v in DSL_READINGS]
@@ -274,7 +280,7 @@ def main(argv=None):
     p.add_argument("--report", action="store_true")
     p.add_argument("--write-configs", action="store_true")
     p.add_argument("--model", choices=sorted(SUITES), default="mf")
-    p.add_argument("--stages", default=None, help="default: ABCDEF (mf), TGD (lightgcn)")
+    p.add_argument("--stages", default=None, help="default: ABCLDEF (mf), TGD (lightgcn)")
     p.add_argument("--rows", default=None,
                    help="comma-separated rows to run, in this order (default: every row); the report shows all")
     p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla")

@@ -142,13 +142,32 @@ def _rank_main(rank, kwargs, queue):
     import torch.distributed as dist
 
     kwargs["config_dict"]["local_rank"] = rank
+    finished = False
     try:
         result = run_recbole_dsl(**kwargs)
         if rank == 0:  # the node's first rank; evaluation gathered every rank's users
             queue.put(result)
+        finished = True
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_process_group(finished)
+
+
+def end_process_group(finished: bool) -> None:
+    """Tear a rank's gloo group down while the interpreter is whole.
+
+    DDP's reducer holds the group; left to interpreter finalisation, gloo's worker threads can be
+    destroyed mid-flight and abort the process (SIGABRT). Ranks that finished wait for each other
+    first, so none tears down while another still communicates; a failed rank does not wait."""
+    import gc
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()  # the trainer, model and DDP wrapper form cycles; free them (and the reducer) now
+    dist.destroy_process_group()
 
 
 def ddp_settings(model, dataset, config_file_list, config_dict, cmd_args):

@@ -4,6 +4,8 @@ import socket
 
 import torch
 
+from recbole_dsl.quick_start import end_process_group
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -27,7 +29,8 @@ def train_rank(rank, world, port, model, cfg, out):
     result = trainer.evaluate(test, load_best_model=True)
     torch.save({"state": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "test": dict(result),
                 "batches": len(train)}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    del config, net, trainer, train, valid, test
+    end_process_group(True)
 
 
 def injected_negatives(n_items, num):
@@ -48,7 +51,6 @@ class OneBatch(list):
 
 def step_rank(rank, world, port, cfg, rows, inject, out):
     """One SGD step in float64 on rank `rank`'s share (rows[rank::world]) of a fixed global batch."""
-    import torch.distributed as dist
     from recbole.data.interaction import Interaction
     from recbole_dsl import Config, get_trainer
     from recbole_dsl.quick_start import prepare
@@ -67,8 +69,8 @@ def step_rank(rank, world, port, cfg, rows, inject, out):
     trainer._train_epoch(OneBatch([batch]), 0)
     torch.save({"state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                 "loss": float(losses[0].detach()), "rows": len(batch)}, f"{out}/step{world}-{rank}.pt")
-    if world > 1:
-        dist.destroy_process_group()
+    del net, trainer, calc, losses
+    end_process_group(True)
 
 
 def shared_rank(rank, world, port, n_items, num, out):
@@ -88,4 +90,4 @@ def shared_rank(rank, world, port, n_items, num, out):
     pos = torch.tensor([1, 2, 3])
     negs = sampler.sample(user, pos)
     torch.save({"items": negs.items.clone(), "mask": negs.mask.clone(), "own": own}, f"{out}/shared{rank}.pt")
-    dist.destroy_process_group()
+    end_process_group(True)

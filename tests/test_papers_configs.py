@@ -50,6 +50,11 @@ def test_stages_follow_the_chosen_points():
     assert {p["bsl_t1"] for p in bsl} == {0.2} and sorted(p["bsl_t2"] for p in bsl) == [1.1, 1.2, 1.3]
     seeds = [(r, p, s) for r, p, s in bench.stage_jobs("D", recs) if r == "sl"]
     assert seeds == [("sl", {"learning_rate": 1e-2, "loss_tau": 0.2}, s) for s in bench.SEEDS]
+    # Stage L: the other two lrs at each non-SL softmax row's best point; a winner there moves its seeds.
+    lrs = bench.stage_jobs("L", recs)
+    assert lrs == [("dsl", {"loss_tau": 0.05, "learning_rate": lr}, bench.TUNE_SEED) for lr in (1e-3, 1e-1)]
+    recs.append(rec("dsl", {"loss_tau": 0.05, "learning_rate": 1e-1}, 0.2))
+    assert [p for r, p, _ in bench.stage_jobs("D", recs) if r == "dsl"] == [{"loss_tau": 0.05, "learning_rate": 1e-1}] * 2
 
 
 def test_lightgcn_rows_run_at_mf_s_chosen_points():
