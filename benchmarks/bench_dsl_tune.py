@@ -70,9 +70,10 @@ SEARCHES = {
     "ml-100k DSL catalogue slate": ("ml-100k", {"rec_loss": "DSL", "loss_tau": _ML_TAU, "dsl_gamma": _u(-1.0, 1.0),
                                                 "dsl_slate_source": "catalogue",
                                                 "dsl_slate_size": {"choice": [20, 100, 256]}}, 8),
-    "gowalla DSL both branches, sigmoid intensity": (
+    **{f"gowalla DSL both branches, {m} intensity": (
         "gowalla", {"rec_loss": "DSL", "loss_tau": _log(0.05, 0.2), "dsl_kappa": _u(0.0, 4.0),
-                    "dsl_gamma": _u(-1.0, 1.0), "dsl_temperature": True}, 6),
+                    "dsl_gamma": _u(-1.0, 1.0), "dsl_temperature": True, "dsl_intensity": m}, 6)
+       for m in ("sigmoid", "lse", "margin")},
     "gowalla DSL reweighting, false-negative fold": (
         "gowalla", {"rec_loss": "DSL", "loss_tau": _log(0.05, 0.2), "dsl_kappa": _u(0.0, 4.0),
                     "dsl_fn_threshold": _u(0.3, 0.9), "dsl_temperature": False}, 6),

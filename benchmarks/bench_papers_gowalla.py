@@ -12,7 +12,7 @@ where it stopped.
 
 MF stages, each needing the one before:
   A  lr in {1e-3, 1e-2, 1e-1} for RecBole's BPR and for SL at tau 0.1 (the lr of every softmax row)
-  B  SL tau {0.05, 0.2}; PSL (tanh, atan, relu) tau {0.025, 0.05, 0.1} (halved convention); DSL tau {0.05, 0.1, 0.2}
+  B  SL tau {0.05, 0.2}; PSL (tanh, atan, relu) tau {0.025, 0.05, 0.1} (halved convention); DSL (both branches, gamma 0.5) tau {0.05, 0.1, 0.2}
   C  BSL official per row, t1 = SL's best tau, t2 {1.1, 1.2, 1.3}; DSL reweighting only at its best tau
   L  lr in {1e-2, 1e-1} for BSL, PSL x3 and DSL at their best point (A gave SL's lr to every row; this
      gives each row the lr grid SL and BPR had)
@@ -79,10 +79,14 @@ ROWS = {  # row -> (title, keys fixed for the row)
     "dsl": ("DSL", {"rec_loss": "DSL", **SOFTMAX}),
 }
 LRS = (1e-3, 1e-2, 1e-1)
-# Points with these keys are stage E's variants, outside every row's tuning budget.
-VARIANT_KEYS = {"dsl_intensity", "dsl_gamma", "dsl_fn_threshold", "dsl_slate_source"}
+# Full DSL (both branches) is the ml-100k search's point, gamma 0.5, named explicitly: DSL's shipped
+# default turned its temperature branch off (gamma 0) after these grids ran.
+FULL_DSL = {"dsl_gamma": 0.5}
+# Points with these keys (or another gamma) are stages E and F's variants, outside every row's tuning budget.
+VARIANT_KEYS = {"dsl_intensity", "dsl_fn_threshold", "dsl_slate_source"}
 DSL_VARIANTS = ({"dsl_intensity": "lse"}, {"dsl_intensity": "margin"}, {"dsl_gamma": -0.5})
-DSL_READINGS = ({"dsl_fn_threshold": 0.5}, {"dsl_slate_source": "catalogue", "dsl_slate_size": 100, "dsl_temperature": True})
+DSL_READINGS = ({"dsl_fn_threshold": 0.5},
+                {"dsl_slate_source": "catalogue", "dsl_slate_size": 100, "dsl_temperature": True, **FULL_DSL})
 
 # LightGCN (RecBole's defaults: 2 layers, reg_weight 1e-5): the MF budget and rows, without
 # sparse_update (the propagation touches every row of the tables); its BPR row is the plugin's BPR
@@ -127,9 +131,13 @@ def load(suite: Suite = MF) -> list:
     return [r for r in map(json.loads, filter(str.strip, suite.results.read_text().splitlines())) if "error" not in r]
 
 
+def is_variant(point) -> bool:
+    return bool(VARIANT_KEYS & set(point)) or point.get("dsl_gamma", FULL_DSL["dsl_gamma"]) != FULL_DSL["dsl_gamma"]
+
+
 def best_point(recs, row):
     """The row's tuned point: highest validation NDCG@20 at the tuning seed (ties: the earlier run)."""
-    tuned = [r for r in recs if r["row"] == row and r["seed"] == TUNE_SEED and not VARIANT_KEYS & set(r["point"])]
+    tuned = [r for r in recs if r["row"] == row and r["seed"] == TUNE_SEED and not is_variant(r["point"])]
     return max(tuned, key=lambda r: r["best_valid"]["ndcg@20"])["point"] if tuned else None
 
 
@@ -163,7 +171,7 @@ def stage_jobs(stage, recs, suite: Suite = MF, mf_recs=None):
         jobs = [("sl", {"learning_rate": lr, "loss_tau": t}, TUNE_SEED) for t in (0.05, 0.2)]
         for act in ("tanh", "atan", "relu"):
             jobs += [(f"psl-{act}", {"learning_rate": lr, "loss_tau": t}, TUNE_SEED) for t in (0.025, 0.05, 0.1)]
-        return jobs + [("dsl", {"learning_rate": lr, "loss_tau": t}, TUNE_SEED) for t in (0.05, 0.1, 0.2)]
+        return jobs + [("dsl", {"learning_rate": lr, "loss_tau": t, **FULL_DSL}, TUNE_SEED) for t in (0.05, 0.1, 0.2)]
     if stage == "C":
         sl_tau = best_point(recs, "sl")["loss_tau"]
         dsl_tau = best_point(recs, "dsl")["loss_tau"]
@@ -179,7 +187,7 @@ def stage_jobs(stage, recs, suite: Suite = MF, mf_recs=None):
     # E: DSL's other readings of its temperature branch at its chosen tau (never tuned points:
     # reported beside the table, one seed).
     dsl = {k: v for k, v in best_point(recs, "dsl").items() if k != "dsl_temperature"}
-    return [("dsl", {**dsl, **v}, TUNE_SEED) for v in DSL_VARIANTS]
+    return [("dsl", {**dsl, **FULL_DSL, **v}, TUNE_SEED) for v in DSL_VARIANTS]
 
 
 

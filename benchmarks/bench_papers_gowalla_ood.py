@@ -57,7 +57,8 @@ def jobs(stage, recs):
                 + [("sl", {"learning_rate": LR, "loss_tau": t}) for t in (0.05, 0.1, 0.2)]
                 + [("psl-tanh", {"learning_rate": LR, "loss_tau": t}) for t in (0.025, 0.05, 0.1)]
                 + [("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": False}),
-                   ("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": True})])
+                   # both branches at the ml-100k search's gamma (DSL's default has it off since)
+                   ("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": True, "dsl_gamma": 0.5})])
     sl = best(recs, "sl")
     return [("bsl", {"learning_rate": LR, "bsl_t1": sl["point"]["loss_tau"], "bsl_t2": t2}) for t2 in (1.1, 1.2)]
 

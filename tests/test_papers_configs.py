@@ -50,6 +50,9 @@ def test_stages_follow_the_chosen_points():
     assert {p["bsl_t1"] for p in bsl} == {0.2} and sorted(p["bsl_t2"] for p in bsl) == [1.1, 1.2, 1.3]
     seeds = [(r, p, s) for r, p, s in bench.stage_jobs("D", recs) if r == "sl"]
     assert seeds == [("sl", {"learning_rate": 1e-2, "loss_tau": 0.2}, s) for s in bench.SEEDS]
+    # Full DSL's grid names its gamma (the shipped default has the branch off); other gammas are variants.
+    assert not bench.is_variant({"loss_tau": 0.1, **bench.FULL_DSL})
+    assert bench.is_variant({"dsl_gamma": -0.5}) and bench.is_variant({"dsl_intensity": "lse", **bench.FULL_DSL})
     # Stage L: the other two lrs at each non-SL softmax row's best point; a winner there moves its seeds.
     lrs = bench.stage_jobs("L", recs)
     assert lrs == [("dsl", {"loss_tau": 0.05, "learning_rate": lr}, bench.TUNE_SEED) for lr in (1e-3, 1e-1)]
