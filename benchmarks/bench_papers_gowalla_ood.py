@@ -11,9 +11,11 @@ Every run is one `run_recbole_dsl.py` process started from the row's shipped con
 (examples/papers/gowalla-mf-<row>.yaml: the same budget as bench_papers_gowalla.py), pointed at the
 split. lr is the standard split's choice (1e-3 for every row). Grids, chosen on validation NDCG@20
 (seed 2020): SL tau {0.05, 0.1, 0.2}; PSL tanh tau {0.025, 0.05, 0.1}; DSL reweighting only and
-full DSL at tau 0.1; then BSL official per row, t1 = SL's best tau, t2 {1.1, 1.2}. One seed.
-Results are appended to benchmarks/results/papers_gowalla_ood.jsonl as they arrive; finished
-(row, point) pairs are skipped, so an interrupted run resumes.
+full DSL at tau 0.1 (stage B); then BSL official per row, t1 = SL's best tau, t2 {1.1, 1.2}
+(stage C); then each row's chosen point, and full DSL's, with seeds 2021 and 2022 (stage D; the
+split stays the same: only training's seed changes). Results are appended to
+benchmarks/results/papers_gowalla_ood.jsonl as they arrive; finished (row, point, seed) triples are
+skipped, so an interrupted run resumes.
 
     python benchmarks/bench_papers_gowalla_ood.py            # run what is missing, print the table
     python benchmarks/bench_papers_gowalla_ood.py --report
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +38,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "papers_gowalla_ood.jsonl"
 CONFIGS = ROOT / "examples" / "papers"
 SOURCE = ROOT.parent / "shared" / "data" / "gowalla" / "gowalla.train.inter"
 SPLIT_SEED, SEED, LR = 2024, 2020, 1e-3
+SEEDS = (2021, 2022)  # stage D
+FULL_DSL = {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": True, "dsl_gamma": 0.5}
 NAME = f"gowalla_train-ood-{SPLIT_SEED}"
 TITLES = {"bpr": "RecBole BPR", "sl": "SL", "psl-tanh": "PSL tanh", "bsl": "BSL, official form per row",
           "dsl": "DSL"}
@@ -47,8 +52,13 @@ def load() -> list:
 
 
 def best(recs, row):
-    runs = [r for r in recs if r["row"] == row]
+    """The row's run chosen on validation NDCG@20 at the tuning seed."""
+    runs = [r for r in recs if r["row"] == row and r["seed"] == SEED]
     return max(runs, key=lambda r: r["valid"]["ndcg@20"]) if runs else None
+
+
+def seeds_of(recs, row, point):
+    return sorted((r for r in recs if r["row"] == row and r["point"] == point), key=lambda r: r["seed"])
 
 
 def jobs(stage, recs):
@@ -58,7 +68,10 @@ def jobs(stage, recs):
                 + [("psl-tanh", {"learning_rate": LR, "loss_tau": t}) for t in (0.025, 0.05, 0.1)]
                 + [("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": False}),
                    # both branches at the ml-100k search's gamma (DSL's default has it off since)
-                   ("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": True, "dsl_gamma": 0.5})])
+                   ("dsl", FULL_DSL)])
+    if stage == "D":
+        points = [(row, best(recs, row)["point"]) for row in TITLES if best(recs, row)] + [("dsl", FULL_DSL)]
+        return [(row, point, s) for row, point in points for s in SEEDS]
     sl = best(recs, "sl")
     return [("bsl", {"learning_rate": LR, "bsl_t1": sl["point"]["loss_tau"], "bsl_t2": t2}) for t2 in (1.1, 1.2)]
 
@@ -79,12 +92,12 @@ def prepare(out: Path) -> Path:
 
 
 def run(job, data: Path, out: Path, meta):
-    row, point = job
-    folder = out / "runs" / f"{row}-{abs(hash(json.dumps(point, sort_keys=True))) % 10**8}"
+    row, point, seed = job
+    folder = out / "runs" / f"{row}-{abs(hash(json.dumps(point, sort_keys=True))) % 10**8}-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     keys = {"data_path": str(data), "dataset": NAME, "benchmark_filename": ["train", "valid", "test"],
-            "seed": SEED, "checkpoint_dir": str(folder / "saved"), "gpu_id": "", "state": "INFO", **point}
-    res = {"row": row, "point": point, "seed": SEED,
+            "seed": seed, "checkpoint_dir": str(folder / "saved"), "gpu_id": "", "state": "INFO", **point}
+    res = {"row": row, "point": point, "seed": seed,
            **cli_run(CONFIGS / f"gowalla-mf-{row}.yaml", keys, folder, splits=("valid", "test"))}
     if "error" not in res:
         res["meta"] = meta
@@ -104,10 +117,38 @@ def report(recs) -> str:
         point = ", ".join(f"{k} {v}" for k, v in b["point"].items() if k != "learning_rate")
         lines.append(f"| {title} | {point or 'lr 1e-3'} | {b['valid']['ndcg@20']:.4f} | {b['test']['recall@20']:.4f} | "
                      f"{b['test']['ndcg@20']:.4f} | {vs} |")
-    lines += ["", "Every run:", "", "| row | point | valid NDCG@20 | test NDCG@20 (OOD) |", "|---|---|---|---|"]
+    lines += ["", seed_table(recs)]
+    lines += ["", "Every run:", "", "| row | point | seed | valid NDCG@20 | test NDCG@20 (OOD) |", "|---|---|---|---|---|"]
     for r in recs:
-        lines.append(f"| {r['row']} | {', '.join(f'{k} {v}' for k, v in r['point'].items())} | "
+        lines.append(f"| {r['row']} | {', '.join(f'{k} {v}' for k, v in r['point'].items())} | {r['seed']} | "
                      f"{r['valid']['ndcg@20']:.4f} | {r['test']['ndcg@20']:.4f} |")
+    return "\n".join(lines)
+
+
+def _spread(vals, ref):
+    """Mean change against ref's mean, and whether the two seed ranges are apart."""
+    if len(vals) < 2 or len(ref) < 2:
+        return f"{statistics.mean(vals) / statistics.mean(ref) - 1:+.1%} (one seed)"
+    apart = min(vals) > max(ref) or max(vals) < min(ref)
+    return f"{statistics.mean(vals) / statistics.mean(ref) - 1:+.1%} ({'seeds apart' if apart else 'seeds overlap'})"
+
+
+def seed_table(recs) -> str:
+    """Each row's chosen point (and full DSL's) over the seeds run: valid and OOD test NDCG@20."""
+    points = [(TITLES[row], row, best(recs, row)["point"]) for row in TITLES if best(recs, row)]
+    if seeds_of(recs, "dsl", FULL_DSL) and best(recs, "dsl") and best(recs, "dsl")["point"] != FULL_DSL:
+        points.append(("DSL, both branches (gamma 0.5; not chosen on validation)", "dsl", FULL_DSL))
+    sl = seeds_of(recs, "sl", best(recs, "sl")["point"]) if best(recs, "sl") else []
+    lines = ["| row | seeds | valid NDCG@20 by seed | test NDCG@20 (OOD) by seed | test mean | test vs SL |",
+             "|---|---|---|---|---|---|"]
+    for title, row, point in points:
+        runs = seeds_of(recs, row, point)
+        valid = [r["valid"]["ndcg@20"] for r in runs]
+        test = [r["test"]["ndcg@20"] for r in runs]
+        vs = "" if row == "sl" and point == best(recs, "sl")["point"] or not sl else \
+            _spread(test, [r["test"]["ndcg@20"] for r in sl])
+        lines.append(f"| {title} | {', '.join(str(r['seed']) for r in runs)} | {', '.join(f'{v:.4f}' for v in valid)} | "
+                     f"{', '.join(f'{v:.4f}' for v in test)} | {statistics.mean(test):.4f} | {vs} |")
     return "\n".join(lines)
 
 
@@ -115,6 +156,7 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report", action="store_true")
+    p.add_argument("--stages", default="BCD")
     p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla_ood")
     args = p.parse_args(argv)
     if not args.report:
@@ -124,10 +166,11 @@ def main(argv=None):
         split.pop("yaml", None)
         meta = {"header": header("python benchmarks/bench_papers_gowalla_ood.py " + " ".join(argv or sys.argv[1:])),
                 "split": split}
-        for stage in "BC":
+        for stage in args.stages:
             recs = load()
-            done = {(r["row"], json.dumps(r["point"], sort_keys=True)) for r in recs}
-            todo = [j for j in jobs(stage, recs) if (j[0], json.dumps(j[1], sort_keys=True)) not in done]
+            done = {(r["row"], json.dumps(r["point"], sort_keys=True), r["seed"]) for r in recs}
+            todo = [j if len(j) == 3 else (*j, SEED) for j in jobs(stage, recs)]
+            todo = [j for j in todo if (j[0], json.dumps(j[1], sort_keys=True), j[2]) not in done]
             print(f"stage {stage}: {len(todo)} runs", flush=True)
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(lambda j: run(j, data, out, meta), todo))
