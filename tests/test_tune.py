@@ -331,6 +331,22 @@ def test_shipped_spaces_cover_every_loss_with_the_papers_grids():
     assert min(grid("BSL", "loss_tau")) == 0.05 and max(grid("BSL", "loss_tau")) == 1.0  # BSL's 0.05..1.0
 
 
+def test_validation_points_do_not_warn_about_keys_a_trial_sets(caplog):
+    """dsl_gamma uniform(-1, 1) is validated at its middle, 0, where dsl_intensity is inert; trials
+    never draw exactly 0, so that point's warning is not the user's."""
+    from recbole_dsl.tune.space import validate_space
+
+    sp = parse_space({"rec_loss": "DSL", "dsl_gamma": {"uniform": [-1.0, 1.0]}, "dsl_intensity": "lse"})
+    assert {0.0} < {p["dsl_gamma"] for p in sp.validation_points()}
+    with caplog.at_level("WARNING"):
+        assert validate_space(sp, "BPR", "ml-100k", {"gpu_id": ""}) >= 3
+    assert not [r for r in caplog.records if "no effect" in r.getMessage()]
+    with caplog.at_level("WARNING"):  # outside validation, the same point still warns
+        from recbole_dsl import Config
+        Config("BPR", "ml-100k", config_dict={"rec_loss": "DSL", "dsl_intensity": "lse", "gpu_id": ""}, cmd_args=[])
+    assert [r for r in caplog.records if "no effect" in r.getMessage()]
+
+
 def test_large_space_is_validated_key_by_key():
     sp = parse_space({
         "rec_loss": {"grid_search": ["SL", "PSL"]},

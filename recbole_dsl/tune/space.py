@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import itertools
+import logging
 import math
 import os
 import random
@@ -292,6 +293,19 @@ def preserved_env(*names):
                 os.environ[n] = v
 
 
+@contextlib.contextmanager
+def quiet_plugin_warnings():
+    """Validation builds configs at points a trial may never draw (a range's middle, e.g. dsl_gamma 0 of
+    uniform(-1, 1)): warnings about such a point (keys it leaves inert) would mislead; errors still raise."""
+    log = logging.getLogger("recbole_dsl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _yaml_keys(path: Path) -> set:
     if not path.is_file():
         return set()
@@ -361,7 +375,7 @@ def validate_space(space: SearchSpace, model: str, dataset: str, base_config: Ma
         cfg.update({k: v for k, v in point.items() if k not in ("model", "dataset")})
         cfg["gpu_id"] = ""  # never touch the driver's devices while validating
         try:
-            with preserved_env("CUDA_VISIBLE_DEVICES"):
+            with preserved_env("CUDA_VISIBLE_DEVICES"), quiet_plugin_warnings():
                 Config(model=m, dataset=d, config_dict=cfg, cmd_args=[])
         except ConfigError:
             raise
