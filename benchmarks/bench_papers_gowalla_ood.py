@@ -61,7 +61,7 @@ def seeds_of(recs, row, point):
     return sorted((r for r in recs if r["row"] == row and r["point"] == point), key=lambda r: r["seed"])
 
 
-def jobs(stage, recs):
+def jobs(stage, recs, seeds=SEEDS):
     if stage == "B":
         return ([("bpr", {"learning_rate": LR})]
                 + [("sl", {"learning_rate": LR, "loss_tau": t}) for t in (0.05, 0.1, 0.2)]
@@ -71,7 +71,7 @@ def jobs(stage, recs):
                    ("dsl", FULL_DSL)])
     if stage == "D":
         points = [(row, best(recs, row)["point"]) for row in TITLES if best(recs, row)] + [("dsl", FULL_DSL)]
-        return [(row, point, s) for row, point in points for s in SEEDS]
+        return [(row, point, s) for row, point in points for s in seeds]
     sl = best(recs, "sl")
     return [("bsl", {"learning_rate": LR, "bsl_t1": sl["point"]["loss_tau"], "bsl_t2": t2}) for t2 in (1.1, 1.2)]
 
@@ -157,6 +157,8 @@ def main(argv=None):
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--report", action="store_true")
     p.add_argument("--stages", default="BCD")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                   help="stage D's seeds (comma-separated), e.g. one per process to run them side by side")
     p.add_argument("--out", default="/tmp/recbole_dsl_bench_papers_gowalla_ood")
     args = p.parse_args(argv)
     if not args.report:
@@ -169,7 +171,7 @@ def main(argv=None):
         for stage in args.stages:
             recs = load()
             done = {(r["row"], json.dumps(r["point"], sort_keys=True), r["seed"]) for r in recs}
-            todo = [j if len(j) == 3 else (*j, SEED) for j in jobs(stage, recs)]
+            todo = [j if len(j) == 3 else (*j, SEED) for j in jobs(stage, recs, tuple(map(int, args.seeds.split(","))))]
             todo = [j for j in todo if (j[0], json.dumps(j[1], sort_keys=True), j[2]) not in done]
             print(f"stage {stage}: {len(todo)} runs", flush=True)
             with ThreadPoolExecutor(args.parallel) as pool:
