@@ -758,10 +758,19 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(slice_root, 
     assert (exp / "best_config.yaml").exists()
 
 
+_PORTS_GIVEN: set = set()
+
+
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port not handed out before in this test process: the OS may give the same free port to
+    two successive binds, and Ray refuses a node whose components share one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def _session_pids(sid):
