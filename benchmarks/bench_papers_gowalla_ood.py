@@ -63,17 +63,17 @@ def seeds_of(recs, row, point):
 
 def jobs(stage, recs, seeds=SEEDS):
     if stage == "B":
-        return ([("bpr", {"learning_rate": LR})]
-                + [("sl", {"learning_rate": LR, "loss_tau": t}) for t in (0.05, 0.1, 0.2)]
-                + [("psl-tanh", {"learning_rate": LR, "loss_tau": t}) for t in (0.025, 0.05, 0.1)]
-                + [("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": False}),
+        return ([("bpr", {"learning_rate": LR}, SEED)]
+                + [("sl", {"learning_rate": LR, "loss_tau": t}, SEED) for t in (0.05, 0.1, 0.2)]
+                + [("psl-tanh", {"learning_rate": LR, "loss_tau": t}, SEED) for t in (0.025, 0.05, 0.1)]
+                + [("dsl", {"learning_rate": LR, "loss_tau": 0.1, "dsl_temperature": False}, SEED),
                    # both branches at the ml-100k search's gamma (DSL's default has it off since)
-                   ("dsl", FULL_DSL)])
+                   ("dsl", FULL_DSL, SEED)])
     if stage == "D":
         points = [(row, best(recs, row)["point"]) for row in TITLES if best(recs, row)] + [("dsl", FULL_DSL)]
         return [(row, point, s) for row, point in points for s in seeds]
     sl = best(recs, "sl")
-    return [("bsl", {"learning_rate": LR, "bsl_t1": sl["point"]["loss_tau"], "bsl_t2": t2}) for t2 in (1.1, 1.2)]
+    return [("bsl", {"learning_rate": LR, "bsl_t1": sl["point"]["loss_tau"], "bsl_t2": t2}, SEED) for t2 in (1.1, 1.2)]
 
 
 def prepare(out: Path) -> Path:
@@ -145,8 +145,8 @@ def seed_table(recs) -> str:
         runs = seeds_of(recs, row, point)
         valid = [r["valid"]["ndcg@20"] for r in runs]
         test = [r["test"]["ndcg@20"] for r in runs]
-        vs = "" if row == "sl" and point == best(recs, "sl")["point"] or not sl else \
-            _spread(test, [r["test"]["ndcg@20"] for r in sl])
+        is_sl = row == "sl" and point == best(recs, "sl")["point"]
+        vs = "" if is_sl or not sl else _spread(test, [r["test"]["ndcg@20"] for r in sl])
         lines.append(f"| {title} | {', '.join(str(r['seed']) for r in runs)} | {', '.join(f'{v:.4f}' for v in valid)} | "
                      f"{', '.join(f'{v:.4f}' for v in test)} | {statistics.mean(test):.4f} | {vs} |")
     return "\n".join(lines)
@@ -171,8 +171,8 @@ def main(argv=None):
         for stage in args.stages:
             recs = load()
             done = {(r["row"], json.dumps(r["point"], sort_keys=True), r["seed"]) for r in recs}
-            todo = [j if len(j) == 3 else (*j, SEED) for j in jobs(stage, recs, tuple(map(int, args.seeds.split(","))))]
-            todo = [j for j in todo if (j[0], json.dumps(j[1], sort_keys=True), j[2]) not in done]
+            todo = [j for j in jobs(stage, recs, tuple(map(int, args.seeds.split(","))))
+                    if (j[0], json.dumps(j[1], sort_keys=True), j[2]) not in done]
             print(f"stage {stage}: {len(todo)} runs", flush=True)
             with ThreadPoolExecutor(args.parallel) as pool:
                 list(pool.map(lambda j: run(j, data, out, meta), todo))
