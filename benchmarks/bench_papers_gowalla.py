@@ -52,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_result, cli_run, header  # noqa: E402
+from common import append_result, cli_run, header, versus  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "papers_gowalla.jsonl"
 CONFIGS = ROOT / "examples" / "papers"
@@ -257,20 +257,17 @@ def report(recs, suite: Suite = MF) -> str:
             continue
         runs = [r for r in recs if r["row"] == row and r["point"] == point]
         vals = [r["best_valid"]["ndcg@20"] for r in sorted(runs, key=lambda r: r["seed"])]
-        means[row] = (statistics.mean(vals), min(vals), max(vals), len(vals))
+        means[row] = vals
         ep = [e for r in runs for e in r.get("epoch_s", [])]
         cells = [title, ", ".join(f"{k} {v}" for k, v in point.items()), ", ".join(f"{v:.4f}" for v in vals),
-                 f"{means[row][0]:.4f}", "", "", f"{statistics.median(ep):.1f}" if ep else ""]
+                 f"{statistics.mean(vals):.4f}", "", "", f"{statistics.median(ep):.1f}" if ep else ""]
         lines.append(cells)
     for cells in lines[2:]:
         row = next(r for r, (t, _) in suite.rows.items() if t == cells[0])
         if "bpr" in means and row != "bpr":
-            cells[4] = f"{means[row][0] / means['bpr'][0] - 1:+.1%}"
+            cells[4] = f"{statistics.mean(means[row]) / statistics.mean(means['bpr']) - 1:+.1%}"
         if "sl" in means and row != "sl":
-            sep = ("one seed" if min(means[row][3], means["sl"][3]) < 2
-                   else "seeds apart" if means[row][1] > means["sl"][2] or means[row][2] < means["sl"][1]
-                   else "seeds overlap")
-            cells[5] = f"{means[row][0] / means['sl'][0] - 1:+.1%} ({sep})"
+            cells[5] = versus(means[row], means["sl"])
     out = lines[:2] + ["| " + " | ".join(c) + " |" for c in lines[2:]]
     out += ["", "Every point run at seed 2020 (stages E and F's DSL variants included):", "", "| row | point | valid NDCG@20 | Recall@20 | evaluations |",
             "|---|---|---|---|---|"]

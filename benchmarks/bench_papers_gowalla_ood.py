@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_result, cli_run, header  # noqa: E402
+from common import append_result, cli_run, header, versus  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "papers_gowalla_ood.jsonl"
 CONFIGS = ROOT / "examples" / "papers"
@@ -125,14 +125,6 @@ def report(recs) -> str:
     return "\n".join(lines)
 
 
-def _spread(vals, ref):
-    """Mean change against ref's mean, and whether the two seed ranges are apart."""
-    if len(vals) < 2 or len(ref) < 2:
-        return f"{statistics.mean(vals) / statistics.mean(ref) - 1:+.1%} (one seed)"
-    apart = min(vals) > max(ref) or max(vals) < min(ref)
-    return f"{statistics.mean(vals) / statistics.mean(ref) - 1:+.1%} ({'seeds apart' if apart else 'seeds overlap'})"
-
-
 def seed_table(recs) -> str:
     """Each row's chosen point (and full DSL's) over the seeds run: valid and OOD test NDCG@20."""
     points = [(TITLES[row], row, best(recs, row)["point"]) for row in TITLES if best(recs, row)]
@@ -146,7 +138,7 @@ def seed_table(recs) -> str:
         valid = [r["valid"]["ndcg@20"] for r in runs]
         test = [r["test"]["ndcg@20"] for r in runs]
         is_sl = row == "sl" and point == best(recs, "sl")["point"]
-        vs = "" if is_sl or not sl else _spread(test, [r["test"]["ndcg@20"] for r in sl])
+        vs = "" if is_sl or not sl else versus(test, [r["test"]["ndcg@20"] for r in sl])
         lines.append(f"| {title} | {', '.join(str(r['seed']) for r in runs)} | {', '.join(f'{v:.4f}' for v in valid)} | "
                      f"{', '.join(f'{v:.4f}' for v in test)} | {statistics.mean(test):.4f} | {vs} |")
     return "\n".join(lines)

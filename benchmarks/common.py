@@ -186,3 +186,14 @@ def repeat(entry: dict, seeds, train, save) -> None:
         entry["runs"].append(r)
         save()
         print("seed", s, entry["chosen"], "test", r["test"], flush=True)
+
+
+def versus(vals, ref) -> str:
+    """Change of vals' mean against ref's mean, and whether the two seeds' ranges are apart."""
+    import statistics
+
+    change = f"{statistics.mean(vals) / statistics.mean(ref) - 1:+.1%}"
+    if min(len(vals), len(ref)) < 2:
+        return f"{change} (one seed)"
+    apart = min(vals) > max(ref) or max(vals) < min(ref)
+    return f"{change} ({'seeds apart' if apart else 'seeds overlap'})"
